@@ -1,0 +1,73 @@
+"""What one proxied request leaves behind.
+
+``Exchange`` is what the forwarder observed, cheap to build on the request path.
+``RequestRecord`` is the finished, metered record that the store writes; turning the first
+into the second (token estimation, pricing) happens off the request path.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from proxy.usage import Usage
+
+UsageSource = Literal["provider", "estimated", "partial"]
+
+
+def new_record_id() -> str:
+    """A 32-hex-digit id whose lexical order is its creation order (48-bit ms clock + 80 random bits)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything the forwarder saw of one request and its response."""
+
+    id: str
+    created_at: datetime
+    method: str
+    endpoint: str
+    upstream: str
+    stream: bool
+    model: str | None
+    session_id: str | None
+    user_id: str | None
+    properties: dict[str, str]
+    request_body: dict[str, Any] | None = None
+    status_code: int = 0
+    response_model: str | None = None
+    provider_usage: Usage | None = None
+    completion_text: str = ""
+    completed: bool = False
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One stored row: the public record of the contract."""
+
+    id: str
+    created_at: datetime
+    endpoint: str
+    method: str
+    status_code: int
+    stream: bool
+    model: str | None
+    response_model: str | None
+    upstream: str
+    session_id: str | None
+    user_id: str | None
+    properties: dict[str, str] = field(default_factory=dict)
+    usage: Usage | None = None
+    usage_source: UsageSource | None = None
+    cost_usd: Decimal | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
