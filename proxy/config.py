@@ -1,0 +1,153 @@
+"""Settings: one frozen object read once from a YAML file, TALLYPROXY_* variables and flags.
+
+Precedence, lowest first: defaults, the YAML file, environment variables, command-line flags.
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing, mistyped or out of range; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: LogLevel = "info"
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+
+class UpstreamSettings(_Section):
+    url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    inject_stream_usage: bool = True
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    trust_env: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, e.g. https://api.openai.com/v1")
+        return value.rstrip("/")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///./tallyproxy.db"
+    queue_size: int = Field(default=10_000, ge=1)
+    flush_interval: float = Field(default=0.5, gt=0, le=60)
+    max_batch: int = Field(default=500, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("use the asyncpg driver: postgresql+asyncpg://user:pass@host/db")
+        if value.startswith("sqlite://"):
+            raise ValueError("use the aiosqlite driver: sqlite+aiosqlite:///path/to/file.db")
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("expected postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+        return value
+
+
+class PrivacySettings(_Section):
+    store_prompts: bool = False
+
+
+class Settings(_Section):
+    """Everything tallyproxy can be told; see config.example.yaml for each key."""
+
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    admin_token: str | None = None
+
+
+ENV_KEYS: Mapping[str, tuple[str, ...]] = {
+    "TALLYPROXY_UPSTREAM_URL": ("upstream", "url"),
+    "TALLYPROXY_UPSTREAM_API_KEY": ("upstream", "api_key"),
+    "TALLYPROXY_DATABASE_URL": ("database", "url"),
+    "TALLYPROXY_ADMIN_TOKEN": ("admin_token",),
+    "TALLYPROXY_HOST": ("server", "host"),
+    "TALLYPROXY_PORT": ("server", "port"),
+    "TALLYPROXY_LOG_LEVEL": ("server", "log_level"),
+}
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from the file (or ``TALLYPROXY_CONFIG``), the environment and flags.
+
+    ``overrides`` maps key paths such as ``("server", "port")`` to flag values; ``None`` values
+    are ignored so that unset flags do not mask the file or the environment.
+    """
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("TALLYPROXY_CONFIG")
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for name, key in ENV_KEYS.items():
+        if env.get(name):
+            _set_path(raw, key, env[name])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(raw, key, value)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+    return loaded
+
+
+def _set_path(raw: dict[str, Any], key: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for part in key[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[key[-1]] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; see config.example.yaml for the keys tallyproxy knows"
+        problems.append(f"config key '{key}': {message}")
+    return "; ".join(problems)

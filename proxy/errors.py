@@ -1,0 +1,124 @@
+"""Errors tallyproxy itself raises, and their rendering in OpenAI's error shape.
+
+    TallyError
+    ├── ClientError                 4xx: the request is at fault
+    │   ├── InvalidRequest          400: unreadable body, bad tag header, bad query parameter
+    │   ├── Unauthorized            401: the usage API needs the admin token
+    │   ├── NotFound                404
+    │   └── BodyTooLarge            413
+    └── UpstreamError               5xx: the provider could not be reached or answered badly
+        ├── UpstreamUnreachable     502
+        └── UpstreamTimeout         504
+
+Errors the upstream returns itself are not TallyErrors: they are forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger(__name__)
+
+
+class TallyError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ClientError(TallyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+
+
+class Unauthorized(ClientError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    code = "not_found"
+
+
+class BodyTooLarge(ClientError):
+    status_code = 413
+    code = "request_too_large"
+
+
+class UpstreamError(TallyError):
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """The JSON body OpenAI uses for errors, so SDKs raise their usual exceptions."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(exc: TallyError, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error in OpenAI's shape; never a stack trace."""
+
+    async def on_tally_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TallyError)
+        return error_response(exc)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        body = error_body(str(exc.detail), error_type, code=_http_code(exc.status_code))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        param = str(first.get("loc", ["", ""])[-1]) or None
+        message = f"invalid parameter {param}: {first.get('msg', 'invalid value')}"
+        body = error_body(message, "invalid_request_error", param=param, code="invalid_parameter")
+        return JSONResponse(body, status_code=400)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        body = error_body("internal error in tallyproxy; see its log", "server_error")
+        return JSONResponse(body, status_code=500)
+
+    app.add_exception_handler(TallyError, on_tally_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _http_code(status: int) -> str | None:
+    return {404: "not_found", 405: "method_not_allowed"}.get(status)

@@ -1,0 +1,123 @@
+"""Pure preparation of a client request for the upstream: body facts and header hygiene."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy.tags import is_tag_header
+
+# Endpoints whose streams can carry a final usage chunk when asked with stream_options.
+STREAM_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Encodings tallyproxy can read on the side while forwarding the raw bytes.
+READABLE_ENCODINGS = ("gzip", "deflate", "identity")
+
+
+class BodyError(ValueError):
+    """The request body is not the JSON object it claims to be."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """What the proxy learned from a request body and what it sends upstream instead."""
+
+    body: bytes
+    json: dict[str, Any] | None
+    model: str | None
+    stream: bool
+    strip_usage_chunk: bool
+
+
+def plan_request(endpoint: str, body: bytes, content_type: str, inject_usage: bool) -> RequestPlan:
+    """Parse just enough of the body, and ask a stream for its usage when the client did not.
+
+    Raises ``BodyError`` when a JSON content type carries a body that is not a JSON object.
+    """
+    parsed = _parse_json_body(body, content_type)
+    if parsed is None:
+        return RequestPlan(body, None, None, False, False)
+    model = parsed.get("model")
+    stream = parsed.get("stream") is True
+    strip = False
+    if stream and inject_usage and endpoint in STREAM_USAGE_ENDPOINTS:
+        options = parsed.get("stream_options")
+        if options is None or (isinstance(options, dict) and not options.get("include_usage")):
+            body = _with_include_usage(body, parsed)
+            strip = True
+    return RequestPlan(body, parsed, model if isinstance(model, str) else None, stream, strip)
+
+
+def _parse_json_body(body: bytes, content_type: str) -> dict[str, Any] | None:
+    if "json" not in content_type.lower() or not body.strip():
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise BodyError("The request body must be a JSON object.")
+    return parsed
+
+
+def _with_include_usage(body: bytes, parsed: dict[str, Any]) -> bytes:
+    if "stream_options" not in parsed:
+        # Splice instead of re-serialising, so every other byte the client sent stays as sent.
+        start = body.index(b"{") + 1
+        return body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+    changed = dict(parsed)
+    changed["stream_options"] = {**(parsed["stream_options"] or {}), "include_usage": True}
+    return orjson.dumps(changed)
+
+
+def upstream_headers(
+    client_headers: Iterable[tuple[str, str]], api_key: str | None, stream: bool
+) -> list[tuple[str, str]]:
+    """Headers for the upstream: no hop-by-hop, no tags, an encoding tallyproxy can read."""
+    out: list[tuple[str, str]] = []
+    accepted = "identity"
+    for name, value in client_headers:
+        if name == "accept-encoding":
+            accepted = value
+            continue
+        if name in HOP_BY_HOP or name in ("host", "content-length"):
+            continue
+        if is_tag_header(name) or (api_key is not None and name in ("authorization", "api-key")):
+            continue
+        out.append((name, value))
+    out.append(("accept-encoding", "identity" if stream else readable_encodings(accepted)))
+    if api_key is not None:
+        out.append(("authorization", f"Bearer {api_key}"))
+    return out
+
+
+def readable_encodings(accept_encoding: str) -> str:
+    """The client's accepted encodings, narrowed to those tallyproxy can decode on the side."""
+    wanted = [part.split(";")[0].strip().lower() for part in accept_encoding.split(",")]
+    kept = [name for name in wanted if name in READABLE_ENCODINGS and name != "identity"]
+    return ", ".join(kept) if kept else "identity"
+
+
+def client_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers of the upstream response worth passing back; length and framing are redone."""
+    return [
+        (name, value)
+        for name, value in upstream
+        if name not in HOP_BY_HOP and name != "content-length"
+    ]

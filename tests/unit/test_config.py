@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, Settings, load_settings
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.server.port == 8080
+    assert settings.upstream.url == "https://api.openai.com/v1"
+    assert settings.database.url == "sqlite+aiosqlite:///./tallyproxy.db"
+    assert settings.admin_token is None
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "tally.yaml"
+    config.write_text(
+        "server:\n  port: 9000\n  host: 0.0.0.0\nupstream:\n  url: http://file:1/v1/\n"
+        "database:\n  url: sqlite+aiosqlite:///file.db\n"
+    )
+    env = {"TALLYPROXY_CONFIG": str(config), "TALLYPROXY_UPSTREAM_URL": "http://env:2/v1"}
+    settings = load_settings(None, {("server", "port"): 9100, ("server", "host"): None}, env)
+    assert settings.server.port == 9100
+    assert settings.server.host == "0.0.0.0"
+    assert settings.upstream.url == "http://env:2/v1"
+    assert settings.database.url == "sqlite+aiosqlite:///file.db"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("server:\n  port: 70000\n", "config key 'server.port'"),
+        ("upstream:\n  url: api.openai.com\n", "must start with http://"),
+        ("database:\n  url: postgresql://u@h/db\n", "postgresql+asyncpg://"),
+        ("database:\n  url: sqlite:///x.db\n", "sqlite+aiosqlite:///"),
+        ("server:\n  prot: 1\n", "config key 'server.prot': unknown key"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("server: [\n", "not valid YAML"),
+        ("server:\n  log_level: loud\n", "config key 'server.log_level'"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        load_settings(config, environ={})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.yaml", environ={})
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(environ={})
+    with pytest.raises(ValueError):
+        settings.server.port = 1  # type: ignore[misc]

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from proxy.plan import BodyError, plan_request, readable_encodings, upstream_headers
+
+CHAT = "/v1/chat/completions"
+
+
+def test_non_stream_body_is_forwarded_byte_for_byte() -> None:
+    body = b'{"model": "gpt-4o-mini",  "messages": [{"role": "user", "content": "hi"}]}'
+    plan = plan_request(CHAT, body, "application/json", inject_usage=True)
+    assert plan.body is body
+    assert (plan.model, plan.stream, plan.strip_usage_chunk) == ("gpt-4o-mini", False, False)
+
+
+@pytest.mark.parametrize(
+    ("request_body", "strip", "expected_options"),
+    [
+        ({"model": "m", "stream": True}, True, {"include_usage": True}),
+        ({"model": "m", "stream": True, "stream_options": None}, True, {"include_usage": True}),
+        (
+            {"model": "m", "stream": True, "stream_options": {"include_obfuscation": False}},
+            True,
+            {"include_obfuscation": False, "include_usage": True},
+        ),
+        (
+            {"model": "m", "stream": True, "stream_options": {"include_usage": False}},
+            True,
+            {"include_usage": True},
+        ),
+        # The client asked for usage itself: it gets the usage chunk, nothing is stripped.
+        (
+            {"model": "m", "stream": True, "stream_options": {"include_usage": True}},
+            False,
+            {"include_usage": True},
+        ),
+    ],
+)
+def test_stream_asks_for_usage(
+    request_body: dict[str, object], strip: bool, expected_options: dict[str, object]
+) -> None:
+    plan = plan_request(CHAT, json.dumps(request_body).encode(), "application/json", True)
+    assert plan.strip_usage_chunk is strip
+    sent = json.loads(plan.body)
+    assert sent["stream_options"] == expected_options
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == {
+        k: v for k, v in request_body.items() if k != "stream_options"
+    }
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "inject"),
+    [("/v1/responses", True), ("/v1/embeddings", True), (CHAT, False)],
+)
+def test_usage_is_not_injected_where_it_does_not_apply(endpoint: str, inject: bool) -> None:
+    body = b'{"model": "m", "stream": true}'
+    plan = plan_request(endpoint, body, "application/json", inject)
+    assert plan.body == body and not plan.strip_usage_chunk and plan.stream
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"", "application/json"), (b"raw audio", "audio/wav"), (b"--b\r\n", "multipart/form-data")],
+)
+def test_bodies_that_are_not_json_pass_untouched(body: bytes, content_type: str) -> None:
+    plan = plan_request(CHAT, body, content_type, True)
+    assert plan.body == body and plan.json is None and plan.model is None
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe{}"])
+def test_bad_json_bodies_are_refused(body: bytes) -> None:
+    with pytest.raises(BodyError):
+        plan_request(CHAT, body, "application/json", True)
+
+
+def test_upstream_headers_drop_tags_and_hop_by_hop() -> None:
+    client = [
+        ("host", "localhost:8080"),
+        ("content-length", "10"),
+        ("connection", "keep-alive"),
+        ("authorization", "Bearer sk-client"),
+        ("x-session-id", "s1"),
+        ("helicone-property-env", "prod"),
+        ("openai-organization", "org-1"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+    ]
+    assert upstream_headers(client, None, stream=False) == [
+        ("authorization", "Bearer sk-client"),
+        ("openai-organization", "org-1"),
+        ("accept-encoding", "gzip, deflate"),
+    ]
+    assert upstream_headers(client, "sk-proxy", stream=True) == [
+        ("openai-organization", "org-1"),
+        ("accept-encoding", "identity"),
+        ("authorization", "Bearer sk-proxy"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("accepted", "sent"),
+    [("gzip", "gzip"), ("br, zstd", "identity"), ("gzip;q=1.0, br;q=0.5", "gzip"), ("", "identity")],
+)
+def test_readable_encodings(accepted: str, sent: str) -> None:
+    assert readable_encodings(accepted) == sent

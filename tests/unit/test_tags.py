@@ -1,0 +1,72 @@
+import pytest
+
+from proxy.tags import Tags, TagError, is_tag_header, parse_tags
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ([], None, Tags()),
+        ([("x-session-id", "chat-42")], None, Tags(session_id="chat-42")),
+        ([("helicone-session-id", "h-1")], None, Tags(session_id="h-1")),
+        # The X- header wins over its Helicone alias, whatever the order.
+        ([("x-session-id", "x"), ("helicone-session-id", "h")], None, Tags(session_id="x")),
+        ([("helicone-session-id", "h"), ("x-session-id", "x")], None, Tags(session_id="x")),
+        ([("x-user-id", "alice")], {"user": "bob"}, Tags(user_id="alice")),
+        ([], {"user": "bob"}, Tags(user_id="bob")),
+        ([], {"user": ""}, Tags()),
+        ([], {"user": 17}, Tags()),
+        ([("helicone-user-id", "carol")], None, Tags(user_id="carol")),
+        (
+            [("x-property-env", "prod"), ("helicone-property-feature", "search")],
+            None,
+            Tags(properties={"env": "prod", "feature": "search"}),
+        ),
+        ([("x-session-id", "  padded  ")], None, Tags(session_id="padded")),
+        ([("x-session-id", "会话-1")], None, Tags(session_id="会话-1")),
+        ([("x-property-empty", "")], None, Tags(properties={"empty": ""})),
+    ],
+)
+def test_parse_tags(
+    headers: list[tuple[str, str]], body: dict[str, object] | None, expected: Tags
+) -> None:
+    assert parse_tags(headers, body) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "bad_header"),
+    [
+        ([("x-session-id", "")], "x-session-id"),
+        ([("x-session-id", "s" * 257)], "x-session-id"),
+        ([("x-session-id", "tab\there")], "x-session-id"),
+        ([("x-user-id", "\x00")], "x-user-id"),
+        ([("x-property-", "v")], "x-property-"),
+        ([("x-property-" + "k" * 65, "v")], "x-property-" + "k" * 65),
+        ([("x-property-big", "v" * 1025)], "x-property-big"),
+        ([(f"x-property-p{i}", "v") for i in range(33)], "x-property-*"),
+    ],
+)
+def test_invalid_tags_name_the_header(headers: list[tuple[str, str]], bad_header: str) -> None:
+    with pytest.raises(TagError) as caught:
+        parse_tags(headers, None)
+    assert caught.value.header == bad_header
+
+
+def test_session_id_of_exactly_256_characters_is_accepted() -> None:
+    assert parse_tags([("x-session-id", "s" * 256)], None).session_id == "s" * 256
+
+
+@pytest.mark.parametrize(
+    ("name", "is_tag"),
+    [
+        ("x-session-id", True),
+        ("helicone-user-id", True),
+        ("x-property-team", True),
+        ("helicone-property-team", True),
+        ("authorization", False),
+        ("x-request-id", False),
+        ("openai-organization", False),
+    ],
+)
+def test_is_tag_header(name: str, is_tag: bool) -> None:
+    assert is_tag_header(name) is is_tag
