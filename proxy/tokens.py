@@ -137,7 +137,7 @@ class TokenCounter:
 
     def count_text(self, model: str, text: str) -> int:
         """Tokens in ``text`` under ``model``'s encoding; special-token text counts as text."""
-        return _count(self._encoding(encoding_name_for_model(model)), text)
+        return _count(self.encoding(encoding_name_for_model(model)), text)
 
     def completion_tokens(self, model: str, text: str) -> int:
         """Tokens of generated text: content deltas concatenated with tool-call arguments."""
@@ -164,7 +164,7 @@ class TokenCounter:
             return None
         model = body.get("model")
         tally = _Tally(
-            self._encoding(encoding_name_for_model(model if isinstance(model, str) else ""))
+            self.encoding(encoding_name_for_model(model if isinstance(model, str) else ""))
         )
         match _route(endpoint):
             case "/chat/completions":
@@ -181,7 +181,8 @@ class TokenCounter:
                 found = False
         return tally.estimate() if found else None
 
-    def _encoding(self, name: str) -> tiktoken.Encoding:
+    def encoding(self, name: str) -> tiktoken.Encoding:
+        """The encoding called ``name`` (e.g. ``"o200k_base"``), loaded on first use."""
         encoding = self._encodings.get(name)
         if encoding is None:
             with self._lock:
