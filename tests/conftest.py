@@ -1,0 +1,77 @@
+"""Fixtures every test may use: real databases, a fake provider, free ports.
+
+- ``postgres_server`` (session): the :class:`PostgresServer`, local and throwaway unless
+  ``TALLYPROXY_TEST_POSTGRES_URL`` names one started by CI.
+- ``restartable_postgres`` (function): the same server, for tests that stop and start it; it
+  skips on an external server and makes sure the server runs again afterwards.
+- ``postgres_url`` (function): URL of a fresh empty database on it.
+- ``database_url`` (function, ids ``sqlite`` and ``postgres``): a fresh database of each kind.
+- ``fake_upstream`` / ``fake_upstream_url`` (function): a running :class:`FakeUpstream` and its
+  ``/v1`` base URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer.from_environment()
+    if not server.external:
+        server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def restartable_postgres(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    if postgres_server.external:
+        pytest.skip(
+            "needs to stop and start PostgreSQL, which the external server given by "
+            "TALLYPROXY_TEST_POSTGRES_URL does not allow"
+        )
+    yield postgres_server
+    postgres_server.start()  # whatever the test did, later tests need it running
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    if not postgres_server.running:
+        postgres_server.start()
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    if postgres_server.running:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'tally.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_upstream_url(fake_upstream: FakeUpstream) -> str:
+    return fake_upstream.base_url
