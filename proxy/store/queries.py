@@ -1,0 +1,277 @@
+"""Read-only queries behind the usage REST API; rows come back as plain dicts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from proxy.store.tables import requests, sessions
+
+log = logging.getLogger(__name__)
+
+GROUP_BY_CHOICES: Final = ("model", "user", "session", "endpoint", "day", "hour")
+"""Plain ``group_by`` values of ``summary``; ``property:<name>`` is accepted too."""
+
+UNKNOWN_MODEL: Final = "unknown"
+"""Key of a session's ``models`` breakdown for requests without a model (e.g. GET /models)."""
+
+_RECORD_ID = re.compile(r"[0-9a-f]{32}")
+_PROPERTY_NAME = re.compile(r"[^\"\\\x00-\x20\x7f]{1,128}")
+_SUMMARY_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+                   "reasoning_tokens")  # fmt: skip
+
+
+class InvalidQuery(ValueError):
+    """A query parameter the store cannot use; ``param`` names it."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilters:
+    """Filters shared by the queries; ``since`` is inclusive, ``until`` exclusive."""
+
+    session_id: str | None = None
+    user_id: str | None = None
+    model: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class UsageQueries:
+    """Usage lookups over the ``requests`` and ``sessions`` tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(select(literal(1)))
+        except Exception as exc:
+            # /readyz's boundary: report "not ready" instead of failing the probe.
+            log.warning("database ping failed: %s", exc)
+            return False
+        return True
+
+    async def list_requests(
+        self,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Records matching the filters, newest first, and the cursor of the next page."""
+        filters = UsageFilters(session_id, user_id, model, since, until)
+        query = select(requests).where(*_request_conditions(filters))
+        if cursor is not None:
+            query = query.where(requests.c.id < _decode_request_cursor(cursor))
+        query = query.order_by(requests.c.id.desc()).limit(limit + 1)
+        rows = await self._fetch(query)
+        page, more = rows[:limit], len(rows) > limit
+        return page, _encode(page[-1]["id"]) if more else None
+
+    async def get_request(self, request_id: str) -> dict[str, Any] | None:
+        """One record by id, or None."""
+        rows = await self._fetch(select(requests).where(requests.c.id == request_id))
+        return rows[0] if rows else None
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        """The totals of one session with its per-model breakdown, or None."""
+        rows = await self._fetch(select(sessions).where(sessions.c.session_id == session_id))
+        if not rows:
+            return None
+        await self._add_models(rows)
+        return rows[0]
+
+    async def list_sessions(
+        self,
+        user_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Sessions active in [since, until), most recent activity first, and the next cursor."""
+        query = select(sessions)
+        if user_id is not None:
+            query = query.where(sessions.c.user_id == user_id)
+        if since is not None:
+            query = query.where(sessions.c.last_request_at >= since)
+        if until is not None:
+            query = query.where(sessions.c.first_request_at < until)
+        if cursor is not None:
+            last_at, last_id = _decode_session_cursor(cursor)
+            query = query.where(
+                or_(
+                    sessions.c.last_request_at < last_at,
+                    and_(sessions.c.last_request_at == last_at, sessions.c.session_id < last_id),
+                )
+            )
+        query = query.order_by(
+            sessions.c.last_request_at.desc(), sessions.c.session_id.desc()
+        ).limit(limit + 1)
+        rows = await self._fetch(query)
+        page, more = rows[:limit], len(rows) > limit
+        await self._add_models(page)
+        if not more:
+            return page, None
+        last = page[-1]
+        return page, _encode(json.dumps([last["last_request_at"].isoformat(), last["session_id"]]))
+
+    async def summary(
+        self, group_by: str, filters: UsageFilters | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Requests, tokens and cost per group; time buckets in order, other groups by size."""
+        filters = filters or UsageFilters()
+        key = self._group_key(group_by)
+        inner = (
+            select(
+                key.label("key"),
+                *(requests.c[name] for name in _SUMMARY_TOKENS),
+                requests.c.cost_usd,
+            )
+            .where(*_request_conditions(filters))
+            .subquery()
+        )
+        # Grouping by the subquery's column, not by the expression itself: Postgres would not
+        # see two renderings of ``properties ->> $n`` with different parameters as the same.
+        count = func.count().label("requests")
+        query = select(
+            inner.c.key,
+            count,
+            *(func.coalesce(func.sum(inner.c[name]), 0).label(name) for name in _SUMMARY_TOKENS),
+            func.sum(inner.c.cost_usd).label("cost_usd"),
+            (count - func.count(inner.c.cost_usd)).label("unpriced_requests"),
+        ).group_by(inner.c.key)
+        if group_by in ("day", "hour"):
+            query = query.order_by(inner.c.key)
+        else:
+            query = query.order_by(count.desc(), inner.c.key.asc().nulls_last())
+        return await self._fetch(query.limit(limit))
+
+    def _group_key(self, group_by: str) -> ColumnElement[Any]:
+        columns = {
+            "model": requests.c.model,
+            "user": requests.c.user_id,
+            "session": requests.c.session_id,
+            "endpoint": requests.c.endpoint,
+        }
+        if group_by in columns:
+            return columns[group_by]
+        if group_by in ("day", "hour"):
+            return _time_bucket(self._engine.dialect.name, group_by)
+        if group_by.startswith("property:"):
+            name = group_by.removeprefix("property:").lower()
+            if not _PROPERTY_NAME.fullmatch(name):
+                raise InvalidQuery(
+                    f"invalid property name {name!r}: 1-128 printable characters, no quotes",
+                    "group_by",
+                )
+            value: ColumnElement[str] = requests.c.properties[name].as_string()
+            return value
+        choices = ", ".join((*GROUP_BY_CHOICES, "property:<name>"))
+        raise InvalidQuery(f"invalid group_by {group_by!r}: use one of {choices}", "group_by")
+
+    async def _add_models(self, summaries: Sequence[dict[str, Any]]) -> None:
+        if not summaries:
+            return
+        by_id = {s["session_id"]: s for s in summaries}
+        for s in summaries:
+            s["models"] = {}
+        query = (
+            select(
+                requests.c.session_id,
+                requests.c.model,
+                func.count().label("requests"),
+                func.coalesce(func.sum(requests.c.total_tokens), 0).label("total_tokens"),
+                func.sum(requests.c.cost_usd).label("cost_usd"),
+            )
+            .where(requests.c.session_id.in_(list(by_id)))
+            .group_by(requests.c.session_id, requests.c.model)
+        )
+        for row in await self._fetch(query):
+            breakdown = {k: row[k] for k in ("requests", "total_tokens", "cost_usd")}
+            by_id[row["session_id"]]["models"][row["model"] or UNKNOWN_MODEL] = breakdown
+
+    async def _fetch(self, query: Select[Any]) -> list[dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            result = await connection.execute(query)
+            return [dict(row) for row in result.mappings()]
+
+
+def _request_conditions(filters: UsageFilters) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [true()]
+    for column, value in (
+        (requests.c.session_id, filters.session_id),
+        (requests.c.user_id, filters.user_id),
+        (requests.c.model, filters.model),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if filters.since is not None:
+        conditions.append(requests.c.created_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(requests.c.created_at < filters.until)
+    return conditions
+
+
+def _time_bucket(dialect: str, unit: str) -> ColumnElement[Any]:
+    """The UTC day (``2025-01-31``) or hour (``2025-01-31T13:00:00Z``) of ``created_at``."""
+    if dialect == "postgresql":
+        pattern = "YYYY-MM-DD" if unit == "day" else 'YYYY-MM-DD"T"HH24:00:00"Z"'
+        return func.to_char(func.timezone("UTC", requests.c.created_at), pattern)
+    # SQLite: created_at is stored as UTC text (see UTCDateTime).
+    pattern = "%Y-%m-%d" if unit == "day" else "%Y-%m-%dT%H:00:00Z"
+    return func.strftime(pattern, requests.c.created_at)
+
+
+def _encode(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.urlsafe_b64decode(padded.encode("ascii")).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidQuery(
+            "invalid cursor: pass next_cursor from the previous page", "cursor"
+        ) from None
+
+
+def _decode_request_cursor(cursor: str) -> str:
+    last_id = _decode(cursor)
+    if not _RECORD_ID.fullmatch(last_id):
+        raise InvalidQuery("invalid cursor: pass next_cursor from the previous page", "cursor")
+    return last_id
+
+
+def _decode_session_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        last_at, last_id = json.loads(_decode(cursor))
+        at = datetime.fromisoformat(last_at)
+        if not isinstance(last_id, str):
+            raise TypeError(last_id)
+    except (ValueError, TypeError):
+        raise InvalidQuery(
+            "invalid cursor: pass next_cursor from the previous page", "cursor"
+        ) from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)), last_id

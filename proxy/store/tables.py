@@ -1,0 +1,91 @@
+"""The database schema: one ``requests`` row per metered request, one ``sessions`` row per session.
+
+``sessions`` is a running total kept by the writer in the same transaction as the request rows
+it sums, so a session summary is one primary-key lookup however long the session is.
+Migrations in ``migrations/versions`` must produce exactly this schema (a test checks it).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from proxy.store.types import Money, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "prompt_audio_tokens",
+    "completion_audio_tokens",
+)
+"""The ``Usage`` fields, in order; each is a column of both tables."""
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("endpoint", String(512), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("model", String(256)),
+    Column("response_model", String(256)),
+    Column("upstream", String(1024), nullable=False),
+    Column("session_id", String(256)),
+    Column("user_id", String(256)),
+    Column("properties", JSON, nullable=False),
+    # Token counts are null when the usage is unknown, which is not the same as zero.
+    *(Column(name, Integer) for name in TOKEN_FIELDS),
+    Column("usage_source", String(16)),
+    Column("cost_usd", Money()),
+    Column("latency_ms", Float),
+    Column("ttft_ms", Float),
+    Column("error", Text),
+    Index(None, "session_id"),
+    Index(None, "user_id"),
+    Index(None, "model"),
+    Index(None, "created_at"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_id", String(256), primary_key=True),
+    Column("user_id", String(256)),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    *(Column(name, BigInteger, nullable=False, server_default=text("0")) for name in TOKEN_FIELDS),
+    # Sum of the known costs; null while no request of the session has a price.
+    Column("cost_usd", Money()),
+    Column("unpriced_requests", BigInteger, nullable=False, server_default=text("0")),
+    Column("first_request_at", UTCDateTime(), nullable=False),
+    Column("last_request_at", UTCDateTime(), nullable=False),
+    Index(None, "user_id"),
+    Index(None, "last_request_at"),
+)
