@@ -67,17 +67,12 @@ class DatabaseSettings(_Section):
         return value
 
 
-class PrivacySettings(_Section):
-    store_prompts: bool = False
-
-
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key."""
 
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     database: DatabaseSettings = DatabaseSettings()
-    privacy: PrivacySettings = PrivacySettings()
     admin_token: str | None = None
 
 
@@ -127,7 +122,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}"
+        )
     return loaded
 
 

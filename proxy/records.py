@@ -20,7 +20,7 @@ UsageSource = Literal["provider", "estimated", "partial"]
 
 
 def new_record_id() -> str:
-    """A 32-hex-digit id whose lexical order is its creation order (48-bit ms clock + 80 random bits)."""
+    """32 hex digits whose lexical order is creation order: 48-bit ms clock, 80 random bits."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 

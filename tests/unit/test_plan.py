@@ -99,7 +99,12 @@ def test_upstream_headers_drop_tags_and_hop_by_hop() -> None:
 
 @pytest.mark.parametrize(
     ("accepted", "sent"),
-    [("gzip", "gzip"), ("br, zstd", "identity"), ("gzip;q=1.0, br;q=0.5", "gzip"), ("", "identity")],
+    [
+        ("gzip", "gzip"),
+        ("br, zstd", "identity"),
+        ("gzip;q=1.0, br;q=0.5", "gzip"),
+        ("", "identity"),
+    ],
 )
 def test_readable_encodings(accepted: str, sent: str) -> None:
     assert readable_encodings(accepted) == sent

@@ -1,6 +1,6 @@
 import pytest
 
-from proxy.tags import Tags, TagError, is_tag_header, parse_tags
+from proxy.tags import TagError, Tags, is_tag_header, parse_tags
 
 
 @pytest.mark.parametrize(

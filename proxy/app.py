@@ -1,0 +1,102 @@
+"""The FastAPI application: its parts are made in the lifespan and kept on ``app.state``."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from starlette.responses import Response
+
+from proxy.api.usage import usage_router
+from proxy.config import Settings
+from proxy.errors import Unauthorized, install_error_handlers
+from proxy.forward import Forwarder
+from proxy.metering import meter_batch
+from proxy.store.engine import create_engine
+from proxy.store.migrate import upgrade_database
+from proxy.store.queries import UsageQueries
+from proxy.store.writer import RecordWriter
+from proxy.tokens import TokenCounter
+
+log = logging.getLogger(__name__)
+
+PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+SHUTDOWN_DRAIN_SECONDS = 30.0
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; nothing connects until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database.url)
+        await upgrade_database(engine)
+        writer = RecordWriter(
+            engine,
+            partial(meter_batch, TokenCounter()),
+            queue_size=settings.database.queue_size,
+            flush_interval=settings.database.flush_interval,
+            max_batch=settings.database.max_batch,
+        )
+        await writer.start()
+        client = _upstream_client(settings)
+        app.state.writer = writer
+        app.state.queries = UsageQueries(engine)
+        app.state.forwarder = Forwarder(
+            client, settings.upstream, writer, settings.server.max_body_bytes
+        )
+        log.info("tallyproxy forwarding /v1 to %s", settings.upstream.url)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            await writer.stop(SHUTDOWN_DRAIN_SECONDS)
+            await engine.dispose()
+
+    app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(usage_router(), dependencies=[Depends(_admin_guard(settings.admin_token))])
+    app.router.add_route(
+        "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
+    )
+    return app
+
+
+async def _proxy(request: Request) -> Response:
+    forwarder: Forwarder = request.app.state.forwarder
+    return await forwarder.handle(request)
+
+
+def _upstream_client(settings: Settings) -> httpx.AsyncClient:
+    upstream = settings.upstream
+    timeout = httpx.Timeout(
+        connect=upstream.connect_timeout,
+        read=upstream.read_timeout,
+        write=upstream.read_timeout,
+        pool=upstream.connect_timeout,
+    )
+    limits = httpx.Limits(
+        max_connections=upstream.max_connections,
+        max_keepalive_connections=upstream.max_connections,
+    )
+    return httpx.AsyncClient(
+        timeout=timeout, limits=limits, trust_env=upstream.trust_env, follow_redirects=False
+    )
+
+
+def _admin_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
+    """Once an admin token is configured, the usage API wants it as a bearer token."""
+
+    async def guard(request: Request) -> None:
+        if token is None or not request.url.path.startswith("/usage"):
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("the usage API needs 'Authorization: Bearer <admin token>'")
+
+    return guard
