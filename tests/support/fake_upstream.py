@@ -197,6 +197,9 @@ class _Wire:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers = [(k.encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": self.status, "headers": raw_headers})
+        if not self.stream and not {"stall", "cut", "slow"} & self.scenario.names:
+            await send({"type": "http.response.body", "body": b"".join(self.parts)})
+            return
         producer = asyncio.ensure_future(self._produce(send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:

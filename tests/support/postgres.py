@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -47,6 +48,16 @@ _SETTINGS = {
     "log_min_messages": "warning",
     "logging_collector": "off",
 }
+
+
+# Stops the server and deletes its files when the test process dies without cleaning up
+# (SIGKILL, a CI timeout): the test process holds our stdin; EOF without "done" means it died.
+_WATCHDOG = """
+import shutil, subprocess, sys
+if sys.stdin.read().strip() != "done":
+    subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
 
 
 class PostgresNotFound(RuntimeError):
@@ -109,6 +120,7 @@ class PostgresServer:
         self.port = 0
         self._userinfo = "postgres"
         self._bin: Path | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         if external_url is not None:
             parts = urlsplit(external_url)
             self.host = parts.hostname or "127.0.0.1"
@@ -206,6 +218,12 @@ class PostgresServer:
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\n# tallyproxy tests: speed over durability\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        stop = self._command("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate")
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self._base_dir), *stop],
+            stdin=subprocess.PIPE,
+            start_new_session=True,  # out of reach of the terminal's Ctrl-C
+        )
 
     def start(self) -> None:
         """Start the server (initialising a data directory on first start)."""
@@ -266,6 +284,12 @@ class PostgresServer:
         if self._base_dir is not None:
             shutil.rmtree(self._base_dir, ignore_errors=True)
             self._base_dir = None
+        if self._watchdog is not None:
+            assert self._watchdog.stdin is not None
+            self._watchdog.stdin.write(b"done\n")
+            self._watchdog.stdin.close()
+            self._watchdog.wait(10)
+            self._watchdog = None
 
     async def execute_async(self, sql: str, database: str = "postgres") -> None:
         """Run one statement (outside a transaction, as CREATE DATABASE needs)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -45,7 +46,7 @@ class _ThreadedServer:
         port: int | None,
         *,
         lifespan: Lifespan,
-        graceful_timeout: int,
+        graceful_timeout: float,
         loop: str,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -61,7 +62,7 @@ class _ThreadedServer:
             log_config=None,  # leave logging to pytest's capture
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=graceful_timeout,
+            timeout_graceful_shutdown=math.ceil(graceful_timeout),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -99,7 +100,7 @@ def run_asgi_server(
     port: int | None = None,
     *,
     lifespan: Lifespan = "auto",
-    graceful_timeout: int = 3,
+    graceful_timeout: float = 3.0,
     loop: str = "auto",
     startup_timeout: float = 15.0,
 ) -> Iterator[str]:
@@ -133,7 +134,7 @@ async def run_asgi_server_async(
     port: int | None = None,
     *,
     lifespan: Lifespan = "auto",
-    graceful_timeout: int = 3,
+    graceful_timeout: float = 3.0,
     loop: str = "auto",
     startup_timeout: float = 15.0,
 ) -> AsyncIterator[str]:
