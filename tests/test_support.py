@@ -383,6 +383,12 @@ async def test_slow_gzip_and_malformed(http: httpx.AsyncClient) -> None:
         broken.json()
 
 
+async def test_unknown_scenario_is_a_400(http: httpx.AsyncClient) -> None:
+    response = await http.post("/chat/completions", json={}, headers={"X-Fake-Scenario": "slwo"})
+    assert response.status_code == 400
+    assert "slwo" in response.json()["error"]["message"]
+
+
 async def test_unknown_path_answers_openai_404(http: httpx.AsyncClient) -> None:
     response = await http.get("/nope", params={"a": "1"})
     assert response.status_code == 404

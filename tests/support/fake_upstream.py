@@ -10,7 +10,8 @@ proxy forwards it unchanged) on top of :attr:`FakeUpstream.scenario`, the test's
 ==================  ========================================================================
 ``no-usage``        omit usage entirely, even when ``stream_options.include_usage`` asks
 ``error-NNN``       answer status NNN with the provider's error JSON (401, 429, 500, ...)
-``slow``            sleep between chunks: ``X-Fake-Delay-Ms`` or :attr:`FakeUpstream.delay_ms`
+``slow``            sleep between chunks (JSON: before answering): ``X-Fake-Delay-Ms`` or
+                    :attr:`FakeUpstream.delay_ms`
 ``stall``           send part of the body, then hang until the client goes away
 ``cut``             send part of the body, then drop the connection mid-body
 ``malformed``       truncated JSON body / garbage lines in the event stream
@@ -18,6 +19,8 @@ proxy forwards it unchanged) on top of :attr:`FakeUpstream.scenario`, the test's
 ``chunks=N``        N content chunks in a stream (default: one per word)
 ``tool-calls``      chat completions answer a call to the request's first tool
 ==================  ========================================================================
+
+An unknown scenario name is answered with a 400 naming it, so that a typo fails loudly.
 
 Usage numbers come from :attr:`FakeUpstream.usage` (a :class:`FakeUsage`), overridable per
 request with ``X-Fake-Usage: prompt_tokens=100,cached_tokens=20``. Each API gets them in its
@@ -139,9 +142,13 @@ class _Scenario:
     delay: float
     usage: FakeUsage | None
     error_status: int | None
+    problem: str | None = None  # a mistake in the scenario itself, answered as a 400
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
+
+
+SCENARIOS = frozenset({"no-usage", "slow", "stall", "cut", "malformed", "gzip", "tool-calls"})
 
 
 class _Cut(Exception):
@@ -196,6 +203,8 @@ class _Wire:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers = [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        if not self.stream and "slow" in self.scenario:
+            await asyncio.sleep(self.scenario.delay)  # time to first byte
         await send({"type": "http.response.start", "status": self.status, "headers": raw_headers})
         if not self.stream and not {"stall", "cut", "slow"} & self.scenario.names:
             await send({"type": "http.response.body", "body": b"".join(self.parts)})
@@ -461,7 +470,11 @@ class FakeUpstream:
             usage = dataclasses.replace(self.usage, **{k: int(v) for k, v in fields.items()})
         if "no-usage" in names:
             usage = None
-        return _Scenario(frozenset(names), chunks, delay_ms / 1000, usage, error_status)
+        problem = None
+        if names - SCENARIOS:
+            problem = f"unknown fake scenario(s) {sorted(names - SCENARIOS)} in {spec!r}"
+            error_status = 400
+        return _Scenario(frozenset(names), chunks, delay_ms / 1000, usage, error_status, problem)
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):024x}"
@@ -490,6 +503,7 @@ class FakeUpstream:
 
     def _openai_error(self, status: int, scenario: _Scenario) -> _Wire:
         kind, code, message = _OPENAI_ERRORS.get(status, ("server_error", None, "Fake error."))
+        message = scenario.problem or message
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         return self._json(body, scenario, status=status)
 
@@ -773,7 +787,7 @@ class FakeUpstream:
             kind = _ANTHROPIC_ERRORS.get(status, "api_error")
             body = {
                 "type": "error",
-                "error": {"type": kind, "message": f"Fake {kind}."},
+                "error": {"type": kind, "message": scenario.problem or f"Fake {kind}."},
                 "request_id": self._id("req_"),
             }
             return self._json(body, scenario, status=status)

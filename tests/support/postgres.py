@@ -190,8 +190,12 @@ class PostgresServer:
 
     def _init_data_dir(self) -> None:
         self._bin = find_postgres_bin()
-        self._base_dir = Path(tempfile.mkdtemp(prefix="tallyproxy-pg-"))
-        if os.geteuid() == 0:
+        as_root = os.geteuid() == 0
+        # As root, stay out of a TMPDIR the postgres user may not be able to reach.
+        self._base_dir = Path(
+            tempfile.mkdtemp(prefix="tallyproxy-pg-", dir="/tmp" if as_root else None)
+        )
+        if as_root:
             try:
                 user = pwd.getpwnam(_SYSTEM_USER)
             except KeyError:
