@@ -123,11 +123,13 @@ class RecordWriter(Generic[T]):
         self._wakeup.set()
         written_before = self.written_total
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except TimeoutError:
+            # asyncio.wait neither raises nor cancels: a crash is logged, a timeout cancels.
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+                await asyncio.wait({self._task})
+            elif not self._task.cancelled() and self._task.exception() is not None:
+                log.error("record writer task had crashed", exc_info=self._task.exception())
         lost = len(self._queue) + self._in_flight_count
         if lost:
             log.error(

@@ -1,0 +1,1 @@
+"""HTTP routes of tallyproxy other than the forwarding path."""

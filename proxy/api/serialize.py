@@ -1,0 +1,124 @@
+"""Rows from the store -> JSON-ready dicts of the public contract.
+
+Times are ISO-8601 in UTC with a ``Z``; money is a decimal string without exponent (or null
+when unknown), never a float, so clients can sum it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+RECORD_FIELDS: Final = (
+    "id",
+    "created_at",
+    "endpoint",
+    "method",
+    "status_code",
+    "stream",
+    "model",
+    "response_model",
+    "upstream",
+    "session_id",
+    "user_id",
+    "properties",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "prompt_audio_tokens",
+    "completion_audio_tokens",
+    "usage_source",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "error",
+)
+
+SESSION_FIELDS: Final = (
+    "session_id",
+    "user_id",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "prompt_audio_tokens",
+    "completion_audio_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "first_request_at",
+    "last_request_at",
+)
+
+SUMMARY_FIELDS: Final = (
+    "key",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_requests",
+)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """``2025-01-31T13:05:09.123456Z``; naive datetimes are taken to be UTC."""
+    if value is None:
+        return None
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return utc.isoformat().replace("+00:00", "Z")
+
+
+def money(value: Decimal | None) -> str | None:
+    """``Decimal("0.000002500000")`` -> ``"0.0000025"``; None stays None."""
+    if value is None:
+        return None
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    if isinstance(value, Decimal):
+        return money(value)
+    return value
+
+
+def record_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One request record with every contract field."""
+    return {name: _plain(row.get(name)) for name in RECORD_FIELDS}
+
+
+def session_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One session summary with every contract field and its ``models`` breakdown."""
+    result = {name: _plain(row.get(name)) for name in SESSION_FIELDS}
+    models: Mapping[str, Mapping[str, Any]] = row.get("models") or {}
+    result["models"] = {
+        model: {
+            "requests": totals["requests"],
+            "total_tokens": totals["total_tokens"],
+            "cost_usd": money(totals["cost_usd"]),
+        }
+        for model, totals in models.items()
+    }
+    return result
+
+
+def summary_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One group of a usage summary."""
+    return {name: _plain(row.get(name)) for name in SUMMARY_FIELDS}
+
+
+def stats_json(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Writer statistics for /readyz."""
+    return {name: _plain(value) for name, value in stats.items()}

@@ -1,0 +1,206 @@
+"""The usage REST API (``/usage/...``) and the health probes (``/healthz``, ``/readyz``).
+
+Handlers read ``request.app.state.queries`` (``UsageQueries``) and ``request.app.state.writer``
+(``RecordWriter``). Query parameters are validated here and errors are rendered in OpenAI's
+shape by the routes themselves, so the contract holds whatever handlers the app installs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, params
+from fastapi.responses import JSONResponse
+
+from proxy.api.serialize import record_json, session_json, stats_json, summary_row_json
+from proxy.store.queries import GROUP_BY_CHOICES, InvalidQuery, UsageFilters, UsageQueries
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_SUMMARY_GROUPS = 10000
+PING_TIMEOUT = 2.0
+
+Param = Annotated[str | None, Query()]
+
+
+def usage_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
+    """The routes of the usage API and health probes.
+
+    ``dependencies`` (e.g. an admin-token check) apply to ``/usage/...`` only; the probes
+    stay open for load balancers.
+    """
+    router = APIRouter()
+    guarded = list(dependencies)
+    router.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
+    router.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"])
+    for path, endpoint in (
+        ("/usage/requests", list_requests),
+        ("/usage/requests/{request_id}", get_request),
+        ("/usage/sessions", list_sessions),
+        ("/usage/sessions/{session_id}", get_session),
+        ("/usage/summary", summary),
+    ):
+        router.add_api_route(path, endpoint, methods=["GET"], dependencies=guarded, tags=["usage"])
+    return router
+
+
+async def healthz() -> JSONResponse:
+    """The process is up and serving."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and the writer is keeping up; 503 otherwise."""
+    queries: UsageQueries = request.app.state.queries
+    try:
+        database = await asyncio.wait_for(queries.ping(), PING_TIMEOUT)
+    except TimeoutError:
+        database = False
+    writer = getattr(request.app.state, "writer", None)
+    writer_stats: dict[str, Any] = writer.stats() if writer is not None else {"healthy": False}
+    ready = database and bool(writer_stats["healthy"])
+    body = {"status": "ready" if ready else "unavailable", "database": database}
+    body |= stats_json({"writer_healthy": writer_stats.pop("healthy"), **writer_stats})
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def list_requests(
+    request: Request,
+    session_id: Param = None,
+    user_id: Param = None,
+    model: Param = None,
+    since: Param = None,
+    until: Param = None,
+    limit: Param = None,
+    cursor: Param = None,
+) -> JSONResponse:
+    """Records matching the filters, newest first: ``{"data": [...], "next_cursor": ...}``."""
+    try:
+        rows, next_cursor = await _queries(request).list_requests(
+            session_id=session_id,
+            user_id=user_id,
+            model=model,
+            since=_parse_time(since, "since"),
+            until=_parse_time(until, "until"),
+            limit=_parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
+            cursor=cursor,
+        )
+    except InvalidQuery as exc:
+        return _invalid(exc)
+    return JSONResponse({"data": [record_json(r) for r in rows], "next_cursor": next_cursor})
+
+
+async def get_request(request: Request, request_id: str) -> JSONResponse:
+    """One record; 404 when the id is unknown."""
+    row = await _queries(request).get_request(request_id)
+    if row is None:
+        return _error(404, f"no request with id {request_id!r}", "request_id")
+    return JSONResponse(record_json(row))
+
+
+async def list_sessions(
+    request: Request,
+    user_id: Param = None,
+    since: Param = None,
+    until: Param = None,
+    limit: Param = None,
+    cursor: Param = None,
+) -> JSONResponse:
+    """Session summaries, most recent activity first: ``{"data": [...], "next_cursor": ...}``."""
+    try:
+        rows, next_cursor = await _queries(request).list_sessions(
+            user_id=user_id,
+            since=_parse_time(since, "since"),
+            until=_parse_time(until, "until"),
+            limit=_parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
+            cursor=cursor,
+        )
+    except InvalidQuery as exc:
+        return _invalid(exc)
+    return JSONResponse({"data": [session_json(r) for r in rows], "next_cursor": next_cursor})
+
+
+async def get_session(request: Request, session_id: str) -> JSONResponse:
+    """One session summary; 404 when no request of that session was recorded."""
+    row = await _queries(request).get_session(session_id)
+    if row is None:
+        return _error(404, f"no session with id {session_id!r}", "session_id")
+    return JSONResponse(session_json(row))
+
+
+async def summary(
+    request: Request,
+    group_by: Param = None,
+    session_id: Param = None,
+    user_id: Param = None,
+    model: Param = None,
+    since: Param = None,
+    until: Param = None,
+    limit: Param = None,
+) -> JSONResponse:
+    """Totals per group: ``{"group_by": G, "data": [{"key": ..., "requests": ...}, ...]}``."""
+    try:
+        if not group_by:
+            choices = ", ".join((*GROUP_BY_CHOICES, "property:<name>"))
+            raise InvalidQuery(f"group_by is required: one of {choices}", "group_by")
+        filters = UsageFilters(
+            session_id=session_id,
+            user_id=user_id,
+            model=model,
+            since=_parse_time(since, "since"),
+            until=_parse_time(until, "until"),
+        )
+        max_groups = _parse_limit(limit, MAX_SUMMARY_GROUPS, MAX_SUMMARY_GROUPS)
+        rows = await _queries(request).summary(group_by, filters, limit=max_groups)
+    except InvalidQuery as exc:
+        return _invalid(exc)
+    return JSONResponse({"group_by": group_by, "data": [summary_row_json(r) for r in rows]})
+
+
+def _queries(request: Request) -> UsageQueries:
+    queries: UsageQueries = request.app.state.queries
+    return queries
+
+
+def _parse_limit(value: str | None, maximum: int, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= maximum:
+        raise InvalidQuery(f"invalid limit {value!r}: an integer from 1 to {maximum}", "limit")
+    return limit
+
+
+def _parse_time(value: str | None, param: str) -> datetime | None:
+    """ISO-8601 date or datetime; without an offset it is UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidQuery(
+            f"invalid {param} {value!r}: use ISO-8601, e.g. 2025-01-31T13:00:00Z", param
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _invalid(exc: InvalidQuery) -> JSONResponse:
+    return _error(400, exc.message, exc.param)
+
+
+def _error(status: int, message: str, param: str | None) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+    }
+    return JSONResponse(body, status_code=status)
