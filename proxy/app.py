@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    app.include_router(usage_router(), dependencies=[Depends(_admin_guard(settings.admin_token))])
+    app.include_router(usage_router(dependencies=[Depends(_admin_guard(settings.admin_token))]))
     app.router.add_route(
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
     )
@@ -93,7 +93,7 @@ def _admin_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
     """Once an admin token is configured, the usage API wants it as a bearer token."""
 
     async def guard(request: Request) -> None:
-        if token is None or not request.url.path.startswith("/usage"):
+        if token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
