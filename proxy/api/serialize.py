@@ -82,8 +82,12 @@ def money(value: Decimal | None) -> str | None:
     """``Decimal("0.000002500000")`` -> ``"0.0000025"``; None stays None."""
     if value is None:
         return None
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
+    # Not Decimal.normalize(): it rounds to the context precision (28 digits) and NUMERIC(30,12)
+    # holds 30.
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def _plain(value: Any) -> Any:

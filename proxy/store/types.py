@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Numeric
@@ -13,8 +13,12 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 MONEY_SCALE = 12
 """Digits after the decimal point kept for USD amounts: 1 pico-dollar."""
 
+EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+"""Decimal arithmetic on money: wide enough that NUMERIC(30, 12) values never round."""
+
 _PICO = Decimal(10) ** MONEY_SCALE
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
+_SQLITE_MAX = 2**63 - 1
 
 
 class Money(TypeDecorator[Decimal]):
@@ -46,16 +50,19 @@ class Money(TypeDecorator[Decimal]):
             return None
         if not isinstance(value, Decimal):
             raise TypeError(f"money must be a Decimal, not {type(value).__name__}: {value!r}")
-        exact = value.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+        exact = value.quantize(_QUANTUM, context=EXACT)
         if dialect.name == "sqlite":
-            return int(exact * _PICO)
+            pico = int(EXACT.multiply(exact, _PICO))
+            if abs(pico) > _SQLITE_MAX:
+                raise ValueError(f"{value} USD is beyond what SQLite can store exactly")
+            return pico
         return exact
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return Decimal(int(value)).scaleb(-MONEY_SCALE)
+            return Decimal(int(value)).scaleb(-MONEY_SCALE, context=EXACT)
         return Decimal(value)
 
     @property

@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import case, func
+from sqlalchemy import String, case, func
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.records import RequestRecord
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
+from proxy.store.types import EXACT
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +227,13 @@ class RecordWriter(Generic[T]):
         while True:
             try:
                 inserted = await write_records(self._engine, records)
-            except Exception:
+            except Exception as exc:
                 # The boundary between the writer and the database: anything can fail here
-                # (network, failover, disk full) and the only sane answer is to keep the
-                # batch and try again.
+                # (network, failover, disk full). Keep the batch and try again, unless the
+                # data itself is refused: then retrying would block the queue forever.
+                if _is_permanent(exc):
+                    await self._write_one_by_one(records)
+                    return
                 self.failed_batches += 1
                 log.exception(
                     "writing a batch of %d records failed (%d failures so far, %d queued); "
@@ -244,6 +249,39 @@ class RecordWriter(Generic[T]):
             self.written_total += inserted
             self.last_flush_at = datetime.now(UTC)
             return
+
+    async def _write_one_by_one(self, records: list[RequestRecord]) -> None:
+        """Isolate the records the database refuses; write the others."""
+        for record in records:
+            try:
+                await self._write_with_retry_single(record)
+            except Exception:
+                self.dropped_total += 1
+                log.exception("dropped record %s: the database refuses it", record.id)
+
+    async def _write_with_retry_single(self, record: RequestRecord) -> None:
+        try:
+            inserted = await write_records(self._engine, [record])
+        except Exception as exc:
+            if _is_permanent(exc):
+                raise
+            await self._write_with_retry([record])  # transient: the usual retry loop
+            return
+        self.written_total += inserted
+        self.last_flush_at = datetime.now(UTC)
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """Errors about the values themselves, which no retry will fix."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        # asyncpg's errors reach SQLAlchemy as plain DBAPIError; their SQLSTATE tells.
+        # Class 22 is "data exception", 23 "integrity constraint violation".
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        return sqlstate[:2] in ("22", "23")
+    # Raised while binding values (e.g. a float where money must be Decimal).
+    return isinstance(exc, StatementError)
 
 
 async def write_records(engine: AsyncEngine, records: Sequence[RequestRecord]) -> int:
@@ -287,6 +325,11 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
     }
     for name in TOKEN_FIELDS:
         row[name] = None if usage is None else getattr(usage, name)
+    for column in requests.columns:
+        # Client-supplied text (model, user) may exceed a bounded column: clip, don't fail.
+        value = row[column.name]
+        if isinstance(column.type, String) and column.type.length and isinstance(value, str):
+            row[column.name] = value[: column.type.length]
     return row
 
 
@@ -331,7 +374,8 @@ def _session_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if cost is None:
             total["unpriced_requests"] += 1
         else:
-            total["cost_usd"] = cost if total["cost_usd"] is None else total["cost_usd"] + cost
+            known = total["cost_usd"]
+            total["cost_usd"] = cost if known is None else EXACT.add(known, cost)
         total["last_request_at"] = row["created_at"]
         if row["user_id"] is not None:
             total["user_id"] = row["user_id"]

@@ -251,6 +251,17 @@ async def test_exact_money_sums(engine: AsyncEngine, queries: UsageQueries) -> N
     assert session["cost_usd"] == sum(costs)
 
 
+async def test_large_amounts_are_exact(engine: AsyncEngine, queries: UsageQueries) -> None:
+    big = (
+        Decimal("9000000.123456789012")
+        if "sqlite" in str(engine.url)
+        else Decimal("123456789012345678.123456789012")
+    )
+    await write_records(engine, [make_record(cost_usd=big)])
+    [row] = await queries.summary("model")
+    assert row["cost_usd"] == big
+
+
 async def test_ping(queries: UsageQueries) -> None:
     assert await queries.ping() is True
     down = create_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")

@@ -20,6 +20,7 @@ from proxy.store.tables import requests, sessions
 from proxy.store.writer import RecordWriter, write_records
 from proxy.usage import Usage
 from tests.store.factory import make_record
+from tests.support.postgres import PostgresServer
 
 Writer = RecordWriter[RequestRecord]
 
@@ -292,3 +293,52 @@ async def test_stats_for_readyz(engine: AsyncEngine, writers: Any) -> None:
 async def test_money_must_be_decimal(engine: AsyncEngine) -> None:
     with pytest.raises(sa.exc.StatementError, match="money must be a Decimal"):
         await write_records(engine, [make_record(cost_usd=0.1)])
+
+
+@pytest.mark.postgres
+async def test_writer_rides_out_a_postgres_restart(
+    restartable_postgres: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="proxy.store.writer")
+    engine = create_engine(postgres_url)
+    await upgrade_database(engine)
+    writer: Writer = RecordWriter(engine, identity)
+    await writer.start()
+    try:
+        writer.submit(make_record())
+        await wait_until(lambda: writer.written_total == 1)
+        await asyncio.to_thread(restartable_postgres.stop)
+        writer.submit(make_record(minutes=1))
+        await wait_until(lambda: writer.failed_batches >= 1, within=15)
+        assert writer.submit(make_record(minutes=2))  # still accepting while the db is down
+        await asyncio.to_thread(restartable_postgres.start)
+        await wait_until(lambda: writer.queue_depth == 0, within=30)
+        assert writer.written_total == 3
+        session = await UsageQueries(engine).get_session("s1")
+        assert session is not None
+        assert session["requests"] == 3
+    finally:
+        await writer.stop(timeout=5)
+        await engine.dispose()
+
+
+async def test_refused_records_do_not_block_the_queue(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Values the database rejects are dropped one by one instead of retried forever."""
+    caplog.set_level(logging.CRITICAL, logger="proxy.store.writer")
+    writer: Writer = RecordWriter(engine, identity)
+    good = [make_record(minutes=i) for i in range(3)]
+    bad_money = make_record(minutes=5, cost_usd=0.1)  # a float: refused by the Money type
+    too_big = make_record(minutes=6, cost_usd=Decimal("1e25"))  # beyond NUMERIC(30,12)
+    long_model = make_record(minutes=7, model="m" * 1000, user_id="u" * 1000)
+    for record in (good[0], bad_money, good[1], too_big, long_model, good[2]):
+        writer.submit(record)
+    await writer.start()
+    await writer.stop(timeout=10)
+    assert writer.dropped_total == 2
+    assert writer.failed_batches == 0
+    assert await count(engine) == 4
+    stored = await UsageQueries(engine).get_request(long_model.id)
+    assert stored is not None
+    assert stored["model"] == "m" * 256  # clipped to the column
