@@ -1,0 +1,1 @@
+"""Storage: schema, migrations, the batch record writer and the usage queries."""
