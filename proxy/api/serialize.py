@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
+from proxy.store.tables import TOKEN_FIELDS
+
 RECORD_FIELDS: Final = (
     "id",
     "created_at",
@@ -24,14 +26,7 @@ RECORD_FIELDS: Final = (
     "session_id",
     "user_id",
     "properties",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-    "prompt_audio_tokens",
-    "completion_audio_tokens",
+    *TOKEN_FIELDS,
     "usage_source",
     "cost_usd",
     "latency_ms",
@@ -43,14 +38,7 @@ SESSION_FIELDS: Final = (
     "session_id",
     "user_id",
     "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-    "prompt_audio_tokens",
-    "completion_audio_tokens",
+    *TOKEN_FIELDS,
     "cost_usd",
     "unpriced_requests",
     "first_request_at",
