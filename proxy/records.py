@@ -68,6 +68,8 @@ class RequestRecord:
     usage: Usage | None = None
     usage_source: UsageSource | None = None
     cost_usd: Decimal | None = None
+    price_source: str | None = None
+    price_version: str | None = None
     latency_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None

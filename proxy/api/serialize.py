@@ -29,6 +29,8 @@ RECORD_FIELDS: Final = (
     *TOKEN_FIELDS,
     "usage_source",
     "cost_usd",
+    "price_source",
+    "price_version",
     "latency_ms",
     "ttft_ms",
     "error",

@@ -65,6 +65,10 @@ requests = Table(
     *(Column(name, Integer) for name in TOKEN_FIELDS),
     Column("usage_source", String(16)),
     Column("cost_usd", Money()),
+    # Where the price came from ("genai-prices", "config") and which version of it, so that
+    # history can be repriced and a change of price explained.
+    Column("price_source", String(32)),
+    Column("price_version", String(64)),
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),

@@ -319,6 +319,8 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "properties": dict(record.properties),
         "usage_source": record.usage_source,
         "cost_usd": record.cost_usd,
+        "price_source": record.price_source,
+        "price_version": record.price_version,
         "latency_ms": record.latency_ms,
         "ttft_ms": record.ttft_ms,
         "error": record.error,

@@ -9,11 +9,12 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.store.engine import create_engine
-from proxy.store.migrate import migrations_directory, upgrade_database
+from proxy.store.migrate import alembic_config, migrations_directory, upgrade_database
 from proxy.store.tables import metadata
 
 
@@ -37,7 +38,7 @@ async def test_upgrade_from_empty_matches_tables_metadata(database_url: str) -> 
         assert await _diff(engine) == []
         async with engine.connect() as connection:
             version = await connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
-        assert version == "0001"
+        assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
     finally:
         await engine.dispose()
 
