@@ -72,6 +72,7 @@ def _serve(settings: Settings) -> int:
         port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=False,
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace),
     )
     return 0
 

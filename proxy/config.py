@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -30,6 +38,7 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: LogLevel = "info"
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    shutdown_grace: float = Field(default=30.0, ge=0)
 
 
 class UpstreamSettings(_Section):
@@ -54,6 +63,8 @@ class DatabaseSettings(_Section):
     queue_size: int = Field(default=10_000, ge=1)
     flush_interval: float = Field(default=0.5, gt=0, le=60)
     max_batch: int = Field(default=500, ge=1)
+    spool_dir: str = "./tallyproxy-spool"
+    spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
 
     @field_validator("url")
     @classmethod
@@ -67,12 +78,57 @@ class DatabaseSettings(_Section):
         return value
 
 
+class PriceOverride(_Section):
+    """A price for models the bundled price data lacks or prices differently (USD per 1M tokens).
+
+    ``model`` is an exact name or a glob (``qwen-*``). Either ``alias`` (price it as another
+    model, e.g. an Azure deployment name as ``gpt-4o``) or the rates; a rate left out falls
+    back to ``input`` (cache rates) or ``output`` (reasoning, audio output).
+    """
+
+    model: str = Field(min_length=1)
+    alias: str | None = None
+    input: Decimal | None = Field(default=None, ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+    cache_write: Decimal | None = Field(default=None, ge=0)
+    output: Decimal | None = Field(default=None, ge=0)
+    reasoning: Decimal | None = Field(default=None, ge=0)
+    input_audio: Decimal | None = Field(default=None, ge=0)
+    output_audio: Decimal | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _alias_or_rates(self) -> PriceOverride:
+        has_rates = self.input is not None or self.output is not None
+        if self.alias is not None and has_rates:
+            raise ValueError("give either alias or input/output rates, not both")
+        if self.alias is None and not has_rates:
+            raise ValueError("give input and output rates (USD per 1M tokens), or an alias")
+        return self
+
+
+class TokenizerRule(_Section):
+    """Count a model's tokens with a given tokenizer instead of the default for its family."""
+
+    model: str = Field(min_length=1)
+    encoding: str | None = None
+    file: str | None = None
+    kind: Literal["tiktoken", "huggingface"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenizerRule:
+        if (self.encoding is None) == (self.file is None):
+            raise ValueError("give either encoding (e.g. o200k_base) or file (a tokenizer file)")
+        return self
+
+
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key."""
 
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     database: DatabaseSettings = DatabaseSettings()
+    prices: tuple[PriceOverride, ...] = ()
+    tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None
 
 
