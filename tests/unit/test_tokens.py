@@ -18,6 +18,7 @@ import tiktoken
 from tiktoken_ext import openai_public
 
 from proxy import tokens
+from proxy.tokenization import loading
 from proxy.tokens import PromptEstimate, TokenCounter, encoding_name_for_model
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "tokens"
@@ -106,8 +107,16 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tiktoken.En
         ("ft:gpt-3.5-turbo-0125:my-org:custom:id", "cl100k_base"),
         ("ft:davinci-002:my-org::id", "cl100k_base"),
         ("  GPT-4O  ", "o200k_base"),
-        ("llama3.1:8b", "o200k_base"),
-        ("claude-3-5-sonnet-latest", "o200k_base"),
+        ("llama3.1:8b", "llama3"),
+        ("meta-llama/Llama-3.3-70B-Instruct", "llama3"),
+        ("claude-3-5-sonnet-latest", "claude"),
+        ("qwen2.5:7b", "qwen"),
+        ("Qwen/Qwen3-235B-A22B", "qwen"),
+        ("qwq-32b", "qwen"),
+        ("deepseek-chat", "deepseek-v3"),
+        ("deepseek-ai/DeepSeek-R1", "deepseek-v3"),
+        ("DeepSeek-R1-Distill-Qwen-7B", "qwen"),
+        ("mistral-large-latest", "o200k_base"),
         ("", "o200k_base"),
     ],
 )
@@ -133,11 +142,8 @@ def test_encoding_matches_tiktoken_reference(
     counter: TokenCounter, reference: dict[str, tiktoken.Encoding], sample: Any, encoding: str
 ) -> None:
     text = sample["text"]
-    ours = counter.encoding(encoding)
-    assert ours.encode_ordinary(text) == reference[encoding].encode_ordinary(text)
-    assert ours.encode(text, allowed_special="all") == reference[encoding].encode(
-        text, allowed_special="all"
-    )
+    ours = counter.tokenizer(encoding)
+    assert ours.encode(text) == reference[encoding].encode_ordinary(text)
     assert len(reference[encoding].encode_ordinary(text)) == sample["tokens"][encoding]
 
 
@@ -159,7 +165,7 @@ def test_encoding_matches_tiktoken_reference(
 def test_published_token_ids(
     counter: TokenCounter, encoding: str, text: str, ids: list[int]
 ) -> None:
-    assert counter.encoding(encoding).encode_ordinary(text) == ids
+    assert counter.tokenizer(encoding).encode(text) == ids
 
 
 def test_loading_touches_no_network_no_disk_no_environment(
@@ -186,21 +192,21 @@ def test_special_tokens_are_text(
 
 def test_vocabulary_hash_mismatch_is_refused() -> None:
     with pytest.raises(tokens.VocabularyError, match="sha256"):
-        tokens._read_vendored_ranks(
+        loading.read_vendored_ranks(
             "https://openaipublic.blob.core.windows.net/encodings/p50k_base.tiktoken", "0" * 64
         )
 
 
 def test_encodings_load_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     loads: list[str] = []
-    real = tokens._load_encoding
+    real = tokens.load_builtin
 
-    def counting(name: str) -> tiktoken.Encoding:
+    def counting(name: str) -> tokens.Tokenizer:
         loads.append(name)
         time.sleep(0.05)  # widen the race window
         return real(name)
 
-    monkeypatch.setattr(tokens, "_load_encoding", counting)
+    monkeypatch.setattr(tokens, "load_builtin", counting)
     fresh = TokenCounter()
     results: list[int] = []
     barrier = threading.Barrier(8)

@@ -1,0 +1,1 @@
+"""Tokenizer loading, model families and prompt formats behind ``proxy.tokens``."""
