@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from proxy.pricing import Cost, PriceBook
 from proxy.records import Exchange, RequestRecord, UsageSource
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
@@ -58,9 +59,19 @@ def _dicts(value: object) -> Iterable[dict[str, Any]]:
     return ()
 
 
-def meter(exchange: Exchange, counter: TokenCounter) -> RequestRecord:
-    """The record of one exchange, with the provider's usage or an estimate of it."""
+def priced_model(exchange: Exchange) -> str | None:
+    """The model to price: the answer names the exact snapshot; the request may be an alias."""
+    return exchange.response_model or exchange.model
+
+
+def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> RequestRecord:
+    """The record of one exchange: the provider's usage or an estimate of it, and its cost."""
     usage, source = _usage_of(exchange, counter)
+    cost: Cost | None = exchange.cost
+    if cost is None and usage is not None:
+        cost = prices.cost(
+            priced_model(exchange), usage, provider=exchange.provider, at=exchange.created_at
+        )
     return RequestRecord(
         id=exchange.id,
         created_at=exchange.created_at,
@@ -76,16 +87,20 @@ def meter(exchange: Exchange, counter: TokenCounter) -> RequestRecord:
         properties=exchange.properties,
         usage=usage,
         usage_source=source,
-        cost_usd=None,
+        cost_usd=None if cost is None else cost.usd,
+        price_source=None if cost is None else cost.source,
+        price_version=None if cost is None else cost.version,
         latency_ms=exchange.latency_ms,
         ttft_ms=exchange.ttft_ms,
         error=exchange.error,
     )
 
 
-def meter_batch(counter: TokenCounter, exchanges: list[Exchange]) -> list[RequestRecord]:
+def meter_batch(
+    counter: TokenCounter, prices: PriceBook, exchanges: list[Exchange]
+) -> list[RequestRecord]:
     """Meter a batch; the writer calls this in a worker thread."""
-    return [meter(exchange, counter) for exchange in exchanges]
+    return [meter(exchange, counter, prices) for exchange in exchanges]
 
 
 def _usage_of(exchange: Exchange, counter: TokenCounter) -> tuple[Usage | None, UsageSource | None]:

@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from proxy.pricing import Cost
 from proxy.usage import Usage
 
 UsageSource = Literal["provider", "estimated", "partial"]
@@ -38,10 +39,12 @@ class Exchange:
     session_id: str | None
     user_id: str | None
     properties: dict[str, str]
+    provider: str | None = None
     request_body: dict[str, Any] | None = None
     status_code: int = 0
     response_model: str | None = None
     provider_usage: Usage | None = None
+    cost: Cost | None = None
     completion_text: str = ""
     completed: bool = False
     latency_ms: float | None = None

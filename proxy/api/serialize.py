@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
+from proxy.money import format_usd
 from proxy.store.tables import TOKEN_FIELDS
 
 RECORD_FIELDS: Final = (
@@ -69,15 +70,8 @@ def iso_utc(value: datetime | None) -> str | None:
 
 
 def money(value: Decimal | None) -> str | None:
-    """``Decimal("0.000002500000")`` -> ``"0.0000025"``; None stays None."""
-    if value is None:
-        return None
-    # Not Decimal.normalize(): it rounds to the context precision (28 digits) and NUMERIC(30,12)
-    # holds 30.
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+    """Money as a decimal string; None stays None."""
+    return None if value is None else format_usd(value)
 
 
 def _plain(value: Any) -> Any:

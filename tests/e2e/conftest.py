@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class RunningProxy:
 
 def proxy_settings(upstream_url: str, database_url: str, **extra: Any) -> Settings:
     overrides = {("upstream", "url"): upstream_url, ("database", "url"): database_url}
+    # Each proxy its own spool: a spool left in the working directory would be replayed.
+    overrides[("database", "spool_dir")] = tempfile.mkdtemp(prefix="tally-spool-")
     overrides |= {tuple(key.split("__")): value for key, value in extra.items()}
     return load_settings(None, overrides, environ={})
 

@@ -49,7 +49,8 @@ async def test_chat_completion_is_forwarded_and_metered(
     assert (record["cached_tokens"], record["reasoning_tokens"]) == (1024, 128)
     assert (record["session_id"], record["user_id"]) == ("session-1", "alice")
     assert record["properties"] == {"env": "prod", "feature": "greeting"}
-    assert record["cost_usd"] is None
+    # gpt-4o-mini: $0.15/1M input, $0.075/1M cached input, $0.60/1M output (reasoning included).
+    assert record["cost_usd"] == "0.0002832"  # (176 * 0.15 + 1024 * 0.075 + 300 * 0.60) / 1e6
     assert record["latency_ms"] > 0
 
     forwarded = fake_upstream.requests[-1]

@@ -27,7 +27,7 @@ async def _events(base_url: str, body: dict[str, Any]) -> list[Any]:
         assert response.status_code == 200
     events: list[Any] = []
     for block in response.text.split("\n\n"):
-        if not block:
+        if not block or block.startswith(": tally "):  # the proxy's comment, ignored by SSE
             continue
         assert block.startswith("data: "), block
         data = block[len("data: ") :]

@@ -1,0 +1,164 @@
+"""Recomputing stored costs after a price change, and saying what moved.
+
+Each record keeps its token counts, so its cost can be computed again with today's prices.
+Records and their session totals change together, page by page, each page in one
+transaction; session totals move by the difference only, so a writer adding new records at
+the same time (or another replica) is never overwritten.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Row, and_, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from proxy.pricing import Cost
+from proxy.store.tables import TOKEN_FIELDS, requests, sessions
+from proxy.store.types import EXACT, MONEY_SCALE
+from proxy.usage import Usage
+
+PAGE_SIZE = 1000
+_QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
+
+PriceFunction = Callable[[str | None, Usage, datetime], Cost | None]
+
+
+@dataclass
+class ModelChange:
+    """What repricing did to one model's records."""
+
+    records: int = 0
+    changed: int = 0
+    before: Decimal = Decimal(0)
+    after: Decimal = Decimal(0)
+    unpriced_before: int = 0
+    unpriced_after: int = 0
+
+
+@dataclass
+class RepriceReport:
+    examined: int = 0
+    changed: int = 0
+    models: dict[str, ModelChange] = field(default_factory=lambda: defaultdict(ModelChange))
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    record_id: str
+    session_id: str | None
+    old: Decimal | None
+    new: Cost | None
+
+
+async def reprice(
+    engine: AsyncEngine,
+    price: PriceFunction,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    model: str | None = None,
+    dry_run: bool = False,
+) -> RepriceReport:
+    """Reprice the records created in ``[since, until)`` (of one ``model`` if given)."""
+    report = RepriceReport()
+    after_id = ""
+    while True:
+        async with engine.begin() as connection:
+            rows = await _page(connection, since, until, model, after_id)
+            if not rows:
+                return report
+            after_id = rows[-1].id
+            updates = [_examine(row, price, report) for row in rows]
+            changed = [u for u in updates if u is not None]
+            if changed and not dry_run:
+                await _apply(connection, changed)
+
+
+async def _page(
+    connection: AsyncConnection,
+    since: datetime,
+    until: datetime | None,
+    model: str | None,
+    after_id: str,
+) -> list[Row[Any]]:
+    conditions = [
+        requests.c.created_at >= since,
+        requests.c.id > after_id,
+        requests.c.prompt_tokens.is_not(None),
+    ]
+    if until is not None:
+        conditions.append(requests.c.created_at < until)
+    if model is not None:
+        conditions.append(func.coalesce(requests.c.response_model, requests.c.model) == model)
+    query = select(requests).where(and_(*conditions)).order_by(requests.c.id).limit(PAGE_SIZE)
+    return list((await connection.execute(query)).all())
+
+
+def _examine(row: Row[Any], price: PriceFunction, report: RepriceReport) -> _Update | None:
+    usage = Usage(**{name: getattr(row, name) or 0 for name in TOKEN_FIELDS})
+    priced_as = row.response_model or row.model
+    new = price(priced_as, usage, row.created_at)
+    new_usd = None if new is None else new.usd.quantize(_QUANTUM, context=EXACT)
+    old_usd: Decimal | None = row.cost_usd
+    stats = report.models[priced_as or "unknown"]
+    report.examined += 1
+    stats.records += 1
+    stats.before += old_usd or 0
+    stats.after += new_usd or 0
+    stats.unpriced_before += old_usd is None
+    stats.unpriced_after += new_usd is None
+    same_source = new is not None and (new.source, new.version) == (
+        row.price_source,
+        row.price_version,
+    )
+    if new_usd == old_usd and (new is None or same_source):
+        return None
+    report.changed += 1
+    stats.changed += 1
+    quantized = (
+        None if new is None else Cost(new_usd or Decimal(0), new.source, new.version, new.priced_as)
+    )
+    return _Update(row.id, row.session_id, old_usd, quantized)
+
+
+async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
+    for item in changed:
+        new = item.new
+        await connection.execute(
+            update(requests)
+            .where(requests.c.id == item.record_id)
+            .values(
+                cost_usd=None if new is None else new.usd,
+                price_source=None if new is None else new.source,
+                price_version=None if new is None else new.version,
+            )
+        )
+    deltas: dict[str, tuple[Decimal, int]] = {}
+    for item in changed:
+        if item.session_id is None:
+            continue
+        delta, unpriced = deltas.get(item.session_id, (Decimal(0), 0))
+        delta += (item.new.usd if item.new else Decimal(0)) - (item.old or Decimal(0))
+        unpriced += (item.new is None) - (item.old is None)
+        deltas[item.session_id] = (delta, unpriced)
+    for session_id in sorted(deltas):
+        delta, unpriced = deltas[session_id]
+        new_unpriced = sessions.c.unpriced_requests + unpriced
+        await connection.execute(
+            update(sessions)
+            .where(sessions.c.session_id == session_id)
+            .values(
+                unpriced_requests=new_unpriced,
+                # A session none of whose requests has a price has no cost, not a cost of 0.
+                cost_usd=case(
+                    (new_unpriced >= sessions.c.requests, None),
+                    else_=func.coalesce(sessions.c.cost_usd, 0) + delta,
+                ),
+            )
+        )

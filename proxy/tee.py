@@ -1,0 +1,150 @@
+"""Watching a streamed answer on its way to the client, and filing its exchange at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import httpx
+import orjson
+
+from proxy.metering import priced_model
+from proxy.money import format_usd
+from proxy.pricing import PriceBook
+from proxy.records import Exchange
+from proxy.sse import SSESplitter, event_fields, parse_event_json
+from proxy.usage import StreamAccumulator, is_usage_only_chunk
+
+_USAGE_NULL = b',"usage":null'
+_DONE = b"data: [DONE]"
+
+
+class ExchangeSink(Protocol):
+    def submit(self, item: Exchange) -> bool: ...
+
+
+class StreamTee:
+    """Passes a stream's bytes on and watches its events on the side.
+
+    ``watch_events`` is off for non-SSE bodies (audio, files), which are passed on blind.
+    With ``strip_usage`` the client did not ask for usage and the proxy did: the extra usage
+    chunk and the ``"usage":null`` the upstream then adds to every chunk are taken out again,
+    so bytes are handed on per whole event. Otherwise each chunk is handed on as it arrives.
+    Before ``data: [DONE]`` (or at the end of streams without it) an SSE comment
+    ``: tally {...}`` tells the client the tokens and cost; SSE clients ignore comments.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        exchange: Exchange,
+        *,
+        watch_events: bool,
+        strip_usage: bool,
+        started: float,
+        sink: ExchangeSink,
+        prices: PriceBook,
+    ) -> None:
+        self.response = response
+        self.exchange = exchange
+        self.watch_events = watch_events
+        self.strip_usage = strip_usage
+        self.started = started
+        self.sink = sink
+        self.prices = prices
+        self.splitter = SSESplitter()
+        self.accumulator = StreamAccumulator()
+        self.tallied = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes for the client; upstream failures end the stream and are noted."""
+        exchange = self.exchange
+        try:
+            async for chunk in self.response.aiter_bytes():
+                if exchange.ttft_ms is None:
+                    exchange.ttft_ms = elapsed_ms(self.started)
+                if not self.watch_events:
+                    yield chunk
+                elif self.strip_usage:
+                    yield self._observe(self.splitter.feed(chunk))
+                else:
+                    yield self._pass_through(chunk)
+            if self.watch_events:
+                # A last event without its blank line still counts (and still reaches the client).
+                tail = self.splitter.remainder()
+                kept = self._observe([tail]) if tail else b""
+                if self.strip_usage:
+                    yield kept
+                if not self.tallied and self.response.is_success:
+                    yield self._tally_comment()
+            # The connection ended cleanly; the answer is whole only if it said it was finished.
+            exchange.completed = self.accumulator.finished or not self.watch_events
+        except httpx.HTTPError as exc:
+            exchange.error = f"upstream stream broken: {type(exc).__name__}: {exc}"[:500]
+
+    def _pass_through(self, chunk: bytes) -> bytes:
+        done_at = chunk.find(_DONE)
+        self._observe(self.splitter.feed(chunk))
+        if done_at < 0 or self.tallied:
+            return chunk
+        # Usage arrives just before [DONE]: observed above, so the comment can carry it.
+        return chunk[:done_at] + self._tally_comment() + chunk[done_at:]
+
+    def _observe(self, events: list[bytes]) -> bytes:
+        kept: list[bytes] = []
+        for raw in events:
+            event_type, data = event_fields(raw)
+            if data == "[DONE]" and self.strip_usage and not self.tallied:
+                kept.append(self._tally_comment())
+            event = parse_event_json(data) if data is not None else None
+            if event is not None:
+                self.accumulator.feed(event, event_type)
+                if self.strip_usage:
+                    if is_usage_only_chunk(event):
+                        continue
+                    if "usage" in event and event["usage"] is None and raw.count(_USAGE_NULL) == 1:
+                        raw = raw.replace(_USAGE_NULL, b"")
+            kept.append(raw)
+        return b"".join(kept)
+
+    def _tally_comment(self) -> bytes:
+        self.tallied = True
+        exchange = self.exchange
+        usage = self.accumulator.usage
+        tally: dict[str, object] = {"request_id": exchange.id}
+        if usage is not None:
+            exchange.response_model = self.accumulator.response_model or exchange.response_model
+            exchange.cost = self.prices.cost(
+                priced_model(exchange), usage, provider=exchange.provider, at=exchange.created_at
+            )
+            tally |= {
+                "usage_source": "provider",
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+                "cost_usd": None if exchange.cost is None else format_usd(exchange.cost.usd),
+            }
+        return b": tally " + orjson.dumps(tally) + b"\n\n"
+
+    async def finish(self, client_gone: bool) -> None:
+        """Called once however the stream ended: release the upstream, file the exchange."""
+        exchange = self.exchange
+        await self.response.aclose()
+        exchange.latency_ms = elapsed_ms(self.started)
+        if not exchange.completed and exchange.error is None:
+            exchange.error = (
+                "client disconnected" if client_gone else "upstream ended the stream early"
+            )
+        accumulator = self.accumulator
+        exchange.response_model = accumulator.response_model or exchange.response_model
+        exchange.provider_usage = accumulator.usage
+        if accumulator.usage is not None or not self.response.is_success:
+            exchange.request_body = None
+        else:
+            exchange.completion_text = accumulator.text
+        self.sink.submit(exchange)
+
+
+def elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
