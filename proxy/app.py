@@ -20,6 +20,7 @@ from proxy.metering import meter_batch
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
+from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
 from proxy.tokens import TokenCounter
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
             queue_size=settings.database.queue_size,
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
+            spool=Spool(settings.database.spool_dir, settings.database.spool_max_bytes),
         )
         await writer.start()
         client = _upstream_client(settings)

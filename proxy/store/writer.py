@@ -10,6 +10,7 @@ counts a request twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.records import RequestRecord
+from proxy.store.spool import Spool
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
 from proxy.store.types import EXACT
 
@@ -34,8 +36,14 @@ T = TypeVar("T")
 DEFAULT_MAX_LAG = 10.0
 """Seconds an item may wait unwritten before the writer reports itself unhealthy."""
 
+DEFAULT_WRITE_TIMEOUT = 10.0
+"""Seconds a batch write may take before the database counts as unavailable (spool mode)."""
+
 _RETRY_FIRST_DELAY = 0.25
 _RETRY_MAX_DELAY = 30.0
+_SPOOL_RETRY_MAX_DELAY = 5.0
+_SPOOL_RESERVE = 5.0
+_HANDOFF_BATCHES = 2
 _DROP_WARNING_INTERVAL = 5.0
 
 
@@ -47,8 +55,17 @@ class RecordWriter(Generic[T]):
     whatever else is already waiting, up to ``max_batch``: at low load a record is stored
     within a few milliseconds, under load batches grow by themselves. ``flush_interval``
     bounds how long the task ever sleeps, so items are never left pending longer than that
-    even if a wake-up were missed. A failed write is kept and retried with backoff while new
-    submits keep queueing, up to ``queue_size``.
+    even if a wake-up were missed.
+
+    With a ``spool`` (what the app uses) the database never holds the queue up. One task
+    prepares batches and hands them to a second task that writes them; a batch the database
+    does not take (down, restarting, locked, or slower than ``write_timeout`` seconds) goes
+    to the spool on local disk, and so does every batch after it, and every batch that finds
+    two batches already waiting for the database. As soon as a write succeeds again (retried
+    with backoff, at most every 5 s), the spool is replayed in order, then batches go to the
+    database directly again. Memory stays bounded by ``queue_size`` items plus two batches,
+    and requests never wait. Without a spool, a failed write is retried with backoff while
+    submits keep queueing, up to ``queue_size``; beyond that items are dropped.
     """
 
     def __init__(
@@ -60,79 +77,107 @@ class RecordWriter(Generic[T]):
         flush_interval: float = 0.5,
         max_batch: int = 500,
         max_lag: float = DEFAULT_MAX_LAG,
+        spool: Spool | None = None,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
-        if queue_size < 1 or max_batch < 1 or flush_interval <= 0:
-            raise ValueError("queue_size and max_batch must be >= 1, flush_interval > 0")
+        if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
+            raise ValueError(
+                "queue_size and max_batch must be >= 1, flush_interval and write_timeout > 0"
+            )
         self._engine = engine
         self._prepare = prepare
         self._queue_size = queue_size
         self._flush_interval = flush_interval
         self._max_batch = max_batch
         self._max_lag = max_lag
+        self._spool = spool
+        self._write_timeout = write_timeout
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._closed = False
         self._in_flight_count = 0
         self._in_flight_since: float | None = None
         self._last_drop_warning = 0.0
+        # Spool mode: prepared batches waiting for the database task, and its state.
+        self._handoff: deque[tuple[float, list[RequestRecord]]] = deque()
+        self._db_wakeup = asyncio.Event()
+        self._db_task: asyncio.Task[None] | None = None
+        self._abandoned = False
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._retry_delay = _RETRY_FIRST_DELAY
         self.written_total = 0
         """Records inserted (replayed duplicates are not counted)."""
         self.failed_batches = 0
         """Batch writes that failed and were retried."""
         self.dropped_total = 0
-        """Items refused because the queue was full, or that ``prepare`` could not handle."""
+        """Items refused (queue full, spool full, stopped) or that ``prepare`` could not handle."""
+        self.spooled_total = 0
+        """Records written to the spool."""
+        self.replayed_total = 0
+        """Spooled records since confirmed in the database."""
         self.last_flush_at: datetime | None = None
         """When the last batch was committed."""
 
     # -- the request path -------------------------------------------------------------------
 
     def submit(self, item: T) -> bool:
-        """Queue ``item`` for writing; never blocks. False when the queue is full or stopped."""
-        if self._stopping or len(self._queue) >= self._queue_size:
+        """Queue ``item`` for writing; never blocks. False when the queue is full or closed."""
+        if self._closed or len(self._queue) >= self._queue_size:
             self.dropped_total += 1
-            now = time.monotonic()
-            if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL:
-                self._last_drop_warning = now
-                log.warning(
-                    "record writer %s: dropped a record (%d dropped so far, %d queued, "
-                    "queue size %d, %d failed batches); is the database reachable?",
-                    "stopped" if self._stopping else "full",
-                    self.dropped_total,
-                    len(self._queue),
-                    self._queue_size,
-                    self.failed_batches,
-                )
+            self._warn_dropped("closed" if self._closed else "full")
             return False
         self._queue.append((time.monotonic(), item))
         self._wakeup.set()
         return True
 
+    def _warn_dropped(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL:
+            self._last_drop_warning = now
+            log.warning(
+                "record writer %s: dropped a record (%d dropped so far, %d queued, "
+                "queue size %d, %d failed batches); is the database reachable?",
+                why,
+                self.dropped_total,
+                len(self._queue),
+                self._queue_size,
+                self.failed_batches,
+            )
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the background task that writes batches."""
+        """Start the background task(s); with a spool, first take over what it holds."""
         if self._task is not None:
             raise RuntimeError("RecordWriter already started")
-        self._task = asyncio.create_task(self._run(), name="tallyproxy-record-writer")
+        if self._spool is None:
+            self._task = asyncio.create_task(self._run(), name="tallyproxy-record-writer")
+            return
+        await self._spool.open()
+        self._task = asyncio.create_task(self._pump(), name="tallyproxy-record-pump")
+        self._db_task = asyncio.create_task(self._database_stage(), name="tallyproxy-db-writer")
 
     async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (a shutdown budget)
         """Stop accepting items, write everything still queued, and return.
 
-        Gives up after ``timeout`` seconds (e.g. database down) and logs what was lost.
+        Items submitted while the queue drains are still taken. Without a spool, gives up
+        after ``timeout`` seconds (e.g. database down) and logs what was lost. With a spool,
+        what the database has not taken when most of ``timeout`` has passed goes to the
+        spool, for the next start to replay.
         """
         self._stopping = True
         self._wakeup.set()
+        self._db_wakeup.set()
         written_before = self.written_total
-        if self._task is not None:
-            # asyncio.wait neither raises nor cancels: a crash is logged, a timeout cancels.
-            done, _ = await asyncio.wait({self._task}, timeout=timeout)
-            if not done:
-                self._task.cancel()
-                await asyncio.wait({self._task})
-            elif not self._task.cancelled() and self._task.exception() is not None:
-                log.error("record writer task had crashed", exc_info=self._task.exception())
-        lost = len(self._queue) + self._in_flight_count
+        if self._spool is None:
+            await _finish(self._task, timeout)
+        else:
+            await self._stop_spooling(timeout)
+        self._closed = True
+        lost = self.queue_depth
         if lost:
             log.error(
                 "record writer stopped after %.1fs with %d records unwritten; wrote %d "
@@ -144,17 +189,38 @@ class RecordWriter(Generic[T]):
             )
         else:
             log.info(
-                "record writer stopped: wrote %d records while draining, %d in total",
+                "record writer stopped: wrote %d records while draining, %d in total; "
+                "%d in the spool",
                 self.written_total - written_before,
                 self.written_total,
+                self._spool.pending_records if self._spool is not None else 0,
             )
+
+    async def _stop_spooling(self, budget: float) -> None:
+        assert self._spool is not None
+        started = time.monotonic()
+        # The database gets most of the budget; the rest is for spooling what it did not take.
+        database_budget = budget - min(_SPOOL_RESERVE, budget / 4)
+        tasks = {t for t in (self._task, self._db_task) if t is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=database_budget)
+        if self._db_task is not None and not self._db_task.done():
+            self._abandoned = True  # from now on the pump spools everything
+            self._wakeup.set()
+            await _finish(self._db_task, 0)
+        await _finish(self._task, max(0.0, budget - (time.monotonic() - started)))
+        while self._handoff:
+            _, records = self._handoff.popleft()
+            await self._spill(records)
+        await self._spool.close()
 
     # -- stats for /readyz ------------------------------------------------------------------
 
     @property
     def queue_depth(self) -> int:
-        """Items submitted and not yet written: queued plus the batch being written."""
-        return len(self._queue) + self._in_flight_count
+        """Items submitted and not yet written nor spooled: queued plus batches in progress."""
+        waiting = sum(len(records) for _, records in self._handoff)
+        return len(self._queue) + self._in_flight_count + waiting
 
     @property
     def oldest_pending_age(self) -> float:
@@ -162,17 +228,20 @@ class RecordWriter(Generic[T]):
         starts = [self._in_flight_since] if self._in_flight_since is not None else []
         if self._queue:
             starts.append(self._queue[0][0])
+        if self._handoff:
+            starts.append(self._handoff[0][0])
         return max(0.0, time.monotonic() - min(starts)) if starts else 0.0
 
     @property
     def healthy(self) -> bool:
         """Running and keeping up: nothing has waited longer than ``max_lag`` seconds."""
-        running = self._task is not None and not self._task.done()
+        tasks = [t for t in (self._task, self._db_task) if t is not None]
+        running = bool(tasks) and not any(t.done() for t in tasks)
         return running and self.oldest_pending_age <= self._max_lag
 
     def stats(self) -> dict[str, Any]:
-        """The numbers /readyz shows."""
-        return {
+        """The numbers /readyz shows; with a spool, its backlog too."""
+        stats: dict[str, Any] = {
             "queue_depth": self.queue_depth,
             "written_total": self.written_total,
             "failed_batches": self.failed_batches,
@@ -181,30 +250,31 @@ class RecordWriter(Generic[T]):
             "oldest_pending_age": round(self.oldest_pending_age, 3),
             "healthy": self.healthy,
         }
+        if self._spool is not None:
+            stats |= {
+                "spool_records": self._spool.pending_records,
+                "spool_bytes": self._spool.size_bytes,
+                "spool_max_bytes": self._spool.max_bytes,
+                "spooled_total": self.spooled_total,
+                "replayed_total": self.replayed_total,
+                "database_down_seconds": (
+                    None
+                    if self._down_since is None
+                    else round(time.monotonic() - self._down_since, 3)
+                ),
+            }
+        return stats
 
-    # -- the writer task --------------------------------------------------------------------
+    # -- preparing --------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
-                except TimeoutError:
-                    continue
-                continue
-            batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-            self._in_flight_count = len(batch)
-            self._in_flight_since = batch[0][0]
-            items = [item for _, item in batch]
-            records, dropped = await asyncio.to_thread(self._prepare_batch, items)
-            self.dropped_total += dropped
-            await self._write_with_retry(records)
-            # Not in a finally: when stop() cancels a retrying batch, it is counted as lost.
-            self._in_flight_count = 0
-            self._in_flight_since = None
+    async def _prepare_next(self) -> tuple[float, list[RequestRecord]]:
+        """Take up to ``max_batch`` queued items and prepare them (in a worker thread)."""
+        batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+        self._in_flight_count = len(batch)
+        self._in_flight_since = since = batch[0][0]
+        records, dropped = await asyncio.to_thread(self._prepare_batch, [i for _, i in batch])
+        self.dropped_total += dropped
+        return since, records
 
     def _prepare_batch(self, items: list[T]) -> tuple[list[RequestRecord], int]:
         """Run ``prepare`` (in a worker thread); one bad item must not lose the whole batch."""
@@ -221,6 +291,25 @@ class RecordWriter(Generic[T]):
                 dropped += 1
                 log.exception("dropped a record that could not be prepared")
         return records, dropped
+
+    def _done_with_batch(self) -> None:
+        self._in_flight_count = 0
+        self._in_flight_since = None
+
+    # -- without a spool: one task that retries ---------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    self._closed = True
+                    return
+                await _wait(self._wakeup, self._flush_interval)
+                continue
+            _, records = await self._prepare_next()
+            await self._write_with_retry(records)
+            # Not in a finally: when stop() cancels a retrying batch, it is counted as lost.
+            self._done_with_batch()
 
     async def _write_with_retry(self, records: list[RequestRecord]) -> None:
         delay = _RETRY_FIRST_DELAY
@@ -269,6 +358,169 @@ class RecordWriter(Generic[T]):
             return
         self.written_total += inserted
         self.last_flush_at = datetime.now(UTC)
+
+    # -- with a spool: a pump and a database stage ------------------------------------------
+
+    async def _pump(self) -> None:
+        """Prepare queued batches; hand each to the database stage, or spool it."""
+        try:
+            while self._queue or not self._stopping:
+                if not self._queue:
+                    await _wait(self._wakeup, self._flush_interval)
+                    continue
+                since, records = await self._prepare_next()
+                if self._must_spool():
+                    await self._spill(records)
+                else:
+                    self._handoff.append((since, records))
+                    self._db_wakeup.set()
+                self._done_with_batch()
+        finally:
+            self._closed = True
+            self._db_wakeup.set()
+
+    def _must_spool(self) -> bool:
+        assert self._spool is not None
+        return (
+            self._abandoned
+            or self._down_since is not None
+            or len(self._handoff) >= _HANDOFF_BATCHES
+            or self._spool.pending_records > 0  # keep the order: the spool goes first
+        )
+
+    async def _spill(self, records: list[RequestRecord]) -> None:
+        assert self._spool is not None
+        try:
+            kept = await self._spool.append(records)
+        except OSError:
+            log.exception("cannot append to the spool in %s", self._spool.location)
+            kept = 0
+        self.spooled_total += kept
+        lost = len(records) - kept
+        if lost:
+            self.dropped_total += lost
+            log.error(
+                "lost %d records: the spool %s is full (%d of %d bytes) or unwritable and the "
+                "database is not taking them (%d lost so far)",
+                lost,
+                self._spool.location,
+                self._spool.size_bytes,
+                self._spool.max_bytes,
+                self.dropped_total,
+            )
+
+    async def _database_stage(self) -> None:
+        """Write handed-over batches; replay the spool whenever the database takes writes."""
+        assert self._spool is not None
+        while True:
+            if self._handoff:
+                records = self._handoff[0][1]
+                unwritten = records if self._down_since else await self._write_or_keep(records)
+                self._handoff.popleft()
+                if unwritten:
+                    await self._spill(unwritten)
+            elif self._closed:
+                return
+            elif self._spool.pending_records and time.monotonic() >= self._retry_at:
+                await self._replay_batch()
+            else:
+                timeout = self._flush_interval
+                if self._spool.pending_records:
+                    timeout = min(timeout, self._retry_at - time.monotonic())
+                await _wait(self._db_wakeup, max(timeout, 0.001))
+
+    async def _replay_batch(self) -> None:
+        assert self._spool is not None
+        batch = await self._spool.read(self._max_batch)
+        if batch is None:
+            return
+        if not await self._write_or_keep(batch.records):
+            await self._spool.acknowledge(batch)
+            self.replayed_total += len(batch.records)
+            if not self._spool.pending_records:
+                log.info("spool replayed: %d records in total", self.replayed_total)
+
+    async def _write_or_keep(self, records: list[RequestRecord]) -> list[RequestRecord]:
+        """Write ``records``; return those the database did not take for a transient reason."""
+        try:
+            await self._insert(records)
+            return []
+        except Exception as exc:
+            # The boundary between the writer and the database: anything can fail here
+            # (network, failover, lock timeouts, disk full).
+            if not _is_permanent(exc):
+                self._database_failed(exc, len(records))
+                return records
+        # Some value is refused: isolate it, or retrying would block the queue forever.
+        for index, record in enumerate(records):
+            try:
+                await self._insert([record])
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    self._database_failed(exc, len(records) - index)
+                    return records[index:]
+                self.dropped_total += 1
+                log.exception("dropped record %s: the database refuses it", record.id)
+        return []
+
+    async def _insert(self, records: list[RequestRecord]) -> None:
+        inserted = await asyncio.wait_for(write_records(self._engine, records), self._write_timeout)
+        self.written_total += inserted
+        self.last_flush_at = datetime.now(UTC)
+        if self._down_since is not None:
+            assert self._spool is not None
+            log.warning(
+                "database writable again after %.1fs; replaying %d spooled records",
+                time.monotonic() - self._down_since,
+                self._spool.pending_records,
+            )
+            self._down_since = None
+            self._retry_at = 0.0
+
+    def _database_failed(self, exc: Exception, count: int) -> None:
+        assert self._spool is not None
+        self.failed_batches += 1
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            self._retry_delay = _RETRY_FIRST_DELAY
+            log.error(
+                "the database did not take %d records (%s); spooling records to %s and "
+                "retrying with backoff",
+                count,
+                _describe(exc, self._write_timeout),
+                self._spool.location,
+            )
+        else:
+            self._retry_delay = min(self._retry_delay * 2, _SPOOL_RETRY_MAX_DELAY)
+            log.debug("database still unavailable: %s", _describe(exc, self._write_timeout))
+        self._retry_at = now + self._retry_delay
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait for ``event`` (then clear it) or ``timeout`` seconds, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    event.clear()
+
+
+async def _finish(task: asyncio.Task[None] | None, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait up to ``timeout`` for ``task``, then cancel it; log if it had crashed."""
+    if task is None:
+        return
+    # asyncio.wait neither raises nor cancels: a crash is logged, a timeout cancels.
+    done, _ = await asyncio.wait({task}, timeout=timeout) if timeout > 0 else (set(), set())
+    if not done and not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("record writer task %s had crashed", task.get_name(), exc_info=task.exception())
+
+
+def _describe(exc: Exception, write_timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {write_timeout}s"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _is_permanent(exc: Exception) -> bool:

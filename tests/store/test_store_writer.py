@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from proxy.records import RequestRecord
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
+from proxy.store.spool import Spool
 from proxy.store.tables import requests, sessions
 from proxy.store.writer import RecordWriter, write_records
 from proxy.usage import Usage
@@ -342,3 +344,148 @@ async def test_refused_records_do_not_block_the_queue(
     stored = await UsageQueries(engine).get_request(long_model.id)
     assert stored is not None
     assert stored["model"] == "m" * 256  # clipped to the column
+
+
+# -- with a spool: the database never holds the queue up ---------------------------------------
+
+
+async def spooled_writer(engine: AsyncEngine, spool_dir: Path, **options: Any) -> Writer:
+    writer: Writer = RecordWriter(engine, identity, spool=Spool(spool_dir, 1024**2), **options)
+    await writer.start()
+    return writer
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return list(directory.glob("*/*"))
+
+
+async def session_of(engine: AsyncEngine, session_id: str = "s1") -> dict[str, Any]:
+    session = await UsageQueries(engine).get_session(session_id)
+    assert session is not None
+    return session
+
+
+async def test_unreachable_database_spools_then_replays_in_order(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database without tables fails every write, like one that is down, until migrated."""
+    caplog.set_level(logging.WARNING, logger="proxy.store")
+    engine = create_engine(database_url)
+    writer = await spooled_writer(engine, tmp_path, queue_size=100, max_batch=20)
+    try:
+        records = [make_record(minutes=i) for i in range(300)]
+        for record in records[:150]:
+            assert writer.submit(record)  # never refused: the queue spills to disk
+            await asyncio.sleep(0.001)
+        await wait_until(lambda: writer.spooled_total >= 150 - 20 * 2)
+        for record in records[150:]:
+            assert writer.submit(record)
+            await asyncio.sleep(0.001)
+        await wait_until(lambda: writer.queue_depth == 0)
+        assert writer.dropped_total == 0
+        stats = writer.stats()
+        assert stats["spool_records"] == 300
+        assert stats["database_down_seconds"] is not None
+        assert "spooling records to" in caplog.text
+        await upgrade_database(engine)
+        await wait_until(lambda: writer.replayed_total == 300, within=15)
+        assert writer.written_total == 300 and writer.stats()["spool_records"] == 0
+        assert writer.stats()["database_down_seconds"] is None
+        assert "writable again" in caplog.text
+        session = await session_of(engine)
+        assert session["requests"] == 300
+        assert session["total_tokens"] == 300 * 15
+        assert session["cost_usd"] == Decimal("0.00075")
+        async with engine.connect() as connection:
+            stored = (await connection.execute(sa.select(requests.c.id))).scalars().all()
+        assert sorted(stored) == sorted(r.id for r in records)
+    finally:
+        await writer.stop(timeout=5)
+        await engine.dispose()
+    assert spool_files(tmp_path) == []  # the spool is gone
+
+
+async def test_stop_with_the_database_down_keeps_records_for_the_next_start(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="proxy.store")
+    engine = create_engine(database_url)  # not migrated yet: down
+    first = await spooled_writer(engine, tmp_path)
+    records = [make_record(minutes=i) for i in range(120)]
+    for record in records:
+        first.submit(record)
+    await first.stop(timeout=5)
+    assert first.written_total == 0 and first.dropped_total == 0
+    assert first.spooled_total == 120
+    assert first.submit(make_record()) is False  # closed
+    await upgrade_database(engine)
+    await write_records(engine, records[:1])  # one was stored meanwhile: not counted twice
+    second = await spooled_writer(engine, tmp_path)
+    try:
+        await wait_until(lambda: second.replayed_total == 120)
+        assert second.written_total == 119 and second.stats()["spool_records"] == 0
+        assert (await session_of(engine))["requests"] == 120
+    finally:
+        await second.stop(timeout=5)
+        await engine.dispose()
+
+
+async def test_slow_database_spools_instead_of_waiting(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table lock held elsewhere makes writes hang; after write_timeout they are spooled."""
+    caplog.set_level(logging.CRITICAL, logger="proxy.store")
+    engine = create_engine(database_url)
+    await upgrade_database(engine)
+    locker = create_engine(database_url)
+    writer = await spooled_writer(engine, tmp_path, write_timeout=0.3, max_batch=10)
+    try:
+        async with locker.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(sa.text("LOCK TABLE requests IN EXCLUSIVE MODE"))
+            else:
+                await connection.exec_driver_sql("BEGIN EXCLUSIVE")
+            for i in range(100):
+                writer.submit(make_record(minutes=i))
+                await asyncio.sleep(0.002)
+            await wait_until(lambda: writer.queue_depth == 0 and writer.failed_batches > 0)
+            assert writer.stats()["spool_records"] == 100
+            await connection.rollback()
+        await wait_until(lambda: writer.replayed_total == 100, within=15)
+        assert (await session_of(engine))["requests"] == 100
+        assert await count(engine) == 100
+    finally:
+        await writer.stop(timeout=5)
+        await locker.dispose()
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_spooling_writer_rides_out_a_postgres_restart(
+    restartable_postgres: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
+    engine = create_engine(postgres_url)
+    await upgrade_database(engine)
+    writer = await spooled_writer(engine, tmp_path, max_batch=25)
+    logging.getLogger("proxy.store").setLevel(logging.CRITICAL)
+    try:
+        submitted = 0
+        stopping = asyncio.create_task(asyncio.to_thread(restartable_postgres.stop))
+        while not stopping.done() or writer.failed_batches == 0:
+            writer.submit(make_record(minutes=submitted))
+            submitted += 1
+            await asyncio.sleep(0.002)
+        await asyncio.to_thread(restartable_postgres.start)
+        for _ in range(100):
+            writer.submit(make_record(minutes=submitted))
+            submitted += 1
+            await asyncio.sleep(0.002)
+        await wait_until(lambda: writer.written_total == submitted, within=30)
+        assert writer.dropped_total == 0
+        assert writer.spooled_total > 0
+        assert await count(engine) == submitted
+        assert (await session_of(engine))["requests"] == submitted
+    finally:
+        logging.getLogger("proxy.store").setLevel(logging.NOTSET)
+        await writer.stop(timeout=5)
+        await engine.dispose()

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from proxy.records import RequestRecord
+from proxy.store.spool import Spool, decode_record, encode_record
+from proxy.usage import Usage
+from tests.store.factory import make_record
+
+
+async def drain(spool: Spool, max_records: int = 1000) -> list[RequestRecord]:
+    """Read and acknowledge everything, as the writer does once the database is back."""
+    out: list[RequestRecord] = []
+    while (batch := await spool.read(max_records)) is not None:
+        out.extend(batch.records)
+        await spool.acknowledge(batch)
+    return out
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    with open(path, "ab") as file:
+        file.write(data)
+
+
+def list_dir(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("slot-*/seg-*.jsonl"))
+
+
+def test_line_round_trip_keeps_exact_types() -> None:
+    record = make_record(
+        cost_usd=Decimal("0.000000000123"),
+        usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7, reasoning_tokens=2),
+        properties={"env": "prod", "ünï": "cödé"},
+        ttft_ms=12.5,
+        error="upstream stream broken",
+    )
+    line = encode_record(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert b'"v":1' in line and b'"cost_usd":"1.23E-10"' in line
+    assert decode_record(line) == record
+    bare = make_record(usage=None, cost_usd=None, usage_source=None)
+    assert decode_record(encode_record(bare)) == bare
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"{}", b'{"v":2,"id":"x"}', b"[1]", b'{"v":1,"id":"x"}', b"\xff\xfe", b'{"v":1'],
+)
+def test_unreadable_lines_raise_value_error(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_record(line)
+
+
+async def test_nothing_is_created_until_something_is_spooled(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", 1024**2)
+    assert await spool.open() == 0
+    assert await spool.read(10) is None
+    await spool.close()
+    assert not (tmp_path / "spool").exists()
+
+
+async def test_replay_in_order_across_segments_then_delete(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1024**2, segment_bytes=2000)
+    records = [make_record(minutes=i) for i in range(50)]
+    for start in range(0, 50, 7):
+        assert await spool.append(records[start : start + 7]) == len(records[start : start + 7])
+    assert spool.pending_records == 50
+    assert len(segments(tmp_path)) > 3
+    first = await spool.read(5)
+    assert first is not None
+    assert [r.id for r in first.records] == [r.id for r in records[:5]]
+    again = await spool.read(5)  # not acknowledged: the same batch again
+    assert again is not None and again.records == first.records
+    await spool.acknowledge(first)
+    await spool.acknowledge(first)  # twice is harmless
+    assert [r.id for r in await drain(spool, 9)] == [r.id for r in records[5:]]
+    assert spool.pending_records == 0 and spool.size_bytes == 0
+    assert segments(tmp_path) == []
+    await spool.close()
+    assert list_dir(tmp_path) == []  # an empty slot is removed
+
+
+async def test_appends_continue_in_a_new_segment_while_replaying(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1024**2)
+    await spool.append([make_record(minutes=1)])
+    batch = await spool.read(10)  # closes the active segment
+    await spool.append([make_record(minutes=2)])
+    assert batch is not None
+    await spool.acknowledge(batch)
+    assert len(segments(tmp_path)) == 1
+    assert [r.created_at.minute for r in await drain(spool)] == [2]
+    await spool.close()
+
+
+async def test_torn_last_line_and_corrupt_lines_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="proxy.store.spool")
+    first = Spool(tmp_path, 1024**2)
+    records = [make_record(minutes=i) for i in range(4)]
+    await first.append(records[:2])
+    await first.close()
+    (path,) = segments(tmp_path)
+    # A corrupt line, two good ones, then a crash in the middle of a line.
+    tail = encode_record(records[2]) + encode_record(records[3])
+    append_bytes(path, b'{"v":1,"garbage"\n' + tail + encode_record(make_record(minutes=9))[:40])
+
+    second = Spool(tmp_path, 1024**2)
+    assert await second.open() == 5  # lines with a newline: 4 records and the corrupt one
+    assert [r.id for r in await drain(second, 3)] == [r.id for r in records]
+    assert second.skipped_lines == 2
+    assert "torn last line" in caplog.text and "unreadable line" in caplog.text
+    assert "from an earlier run" in caplog.text
+    await second.close()
+    assert segments(tmp_path) == []
+
+
+async def test_bounded_size_refuses_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="proxy.store.spool")
+    line = len(encode_record(make_record()))
+    spool = Spool(tmp_path, max_bytes=line * 10 + 5, segment_bytes=line * 3)
+    assert await spool.append([make_record(minutes=i) for i in range(7)]) == 7
+    assert "full" not in caplog.text
+    assert await spool.append([make_record(minutes=i) for i in range(7, 14)]) == 3
+    assert spool.size_bytes <= spool.max_bytes
+    assert "80% full" in caplog.text or "% full" in caplog.text
+    assert len(await drain(spool)) == 10
+    await spool.close()
+
+
+async def test_processes_sharing_a_directory_use_their_own_slots(tmp_path: Path) -> None:
+    one, two = Spool(tmp_path, 1024**2), Spool(tmp_path, 1024**2)
+    await one.append([make_record(minutes=1)])
+    await two.append([make_record(minutes=2)])
+    assert one.location != two.location
+    third = Spool(tmp_path, 1024**2)
+    assert await third.open() == 0  # the other slots are held: nothing to take over
+    assert [r.created_at.minute for r in await drain(one)] == [1]
+    assert [r.created_at.minute for r in await drain(two)] == [2]
+    for spool in (one, two, third):
+        await spool.close()
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from proxy.store.spool import Spool
+    from tests.store.factory import make_record
+
+    async def main():
+        spool = Spool(sys.argv[1], 1024**2)
+        await spool.append([make_record(minutes=i, session_id="crash") for i in range(25)])
+        print(spool.location, flush=True)
+        if sys.argv[2] == "crash":
+            os._exit(9)  # no close: like SIGKILL, the lock dies with the process
+        sys.stdin.read()  # stay alive, holding the slot, until the test closes stdin
+
+    asyncio.run(main())
+    """
+)
+
+
+def run_writer(directory: Path, mode: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-c", CRASHING_WRITER, str(directory), mode]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+async def test_a_crashed_process_spool_is_replayed_by_the_next_one(tmp_path: Path) -> None:
+    with run_writer(tmp_path, "live") as live:
+        assert live.stdout is not None
+        live_slot = (await asyncio.to_thread(live.stdout.readline)).decode().strip()
+        with run_writer(tmp_path, "crash") as crashed:
+            assert await asyncio.to_thread(crashed.wait, 30) == 9
+        successor = Spool(tmp_path, 1024**2)
+        assert await successor.open() == 25  # the crashed one's records, not the live one's
+        assert successor.location != Path(live_slot)
+        replayed = await drain(successor)
+        assert len(replayed) == 25 and len({r.id for r in replayed}) == 25
+        await successor.close()
+        assert (await asyncio.to_thread(live.communicate, b"", 30))[0] == b""
+    assert len(segments(tmp_path)) == 1  # the live process left its own spool behind
