@@ -12,11 +12,14 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from proxy.api.prices import prices_router
 from proxy.api.usage import usage_router
 from proxy.config import Settings
 from proxy.errors import Unauthorized, install_error_handlers
-from proxy.forward import Forwarder
+from proxy.forward import Forwarder, upstream_timeout
 from proxy.metering import meter_batch
+from proxy.pricing import PriceBook
+from proxy.session_costs import SessionCosts
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
@@ -37,9 +40,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database.url)
         await upgrade_database(engine)
+        prices = PriceBook(settings.prices)
         writer = RecordWriter(
             engine,
-            partial(meter_batch, TokenCounter()),
+            partial(meter_batch, TokenCounter(settings.tokenizers), prices),
             queue_size=settings.database.queue_size,
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
@@ -49,10 +53,18 @@ def create_app(settings: Settings) -> FastAPI:
         client = _upstream_client(settings)
         app.state.writer = writer
         app.state.queries = UsageQueries(engine)
+        app.state.prices = prices
         app.state.forwarder = Forwarder(
-            client, settings.upstream, writer, settings.server.max_body_bytes
+            client,
+            settings.routes,
+            writer,
+            prices,
+            SessionCosts(engine),
+            settings.server.max_body_bytes,
         )
-        log.info("tallyproxy forwarding /v1 to %s", settings.upstream.url)
+        for route in settings.routes:
+            models = ", ".join(route.models) or "every other model"
+            log.info("upstream %s (%s) at %s serves %s", route.name, route.kind, route.url, models)
         try:
             yield
         finally:
@@ -62,7 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    app.include_router(usage_router(dependencies=[Depends(_admin_guard(settings.admin_token))]))
+    guard = [Depends(_admin_guard(settings.admin_token))]
+    app.include_router(usage_router(dependencies=guard))
+    app.include_router(prices_router(dependencies=guard))
     app.router.add_route(
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
     )
@@ -76,18 +90,15 @@ async def _proxy(request: Request) -> Response:
 
 def _upstream_client(settings: Settings) -> httpx.AsyncClient:
     upstream = settings.upstream
-    timeout = httpx.Timeout(
-        connect=upstream.connect_timeout,
-        read=upstream.read_timeout,
-        write=upstream.read_timeout,
-        pool=upstream.connect_timeout,
-    )
     limits = httpx.Limits(
         max_connections=upstream.max_connections,
         max_keepalive_connections=upstream.max_connections,
     )
     return httpx.AsyncClient(
-        timeout=timeout, limits=limits, trust_env=upstream.trust_env, follow_redirects=False
+        timeout=upstream_timeout(upstream),
+        limits=limits,
+        trust_env=upstream.trust_env,
+        follow_redirects=False,
     )
 
 

@@ -41,10 +41,23 @@ class ServerSettings(_Section):
     shutdown_grace: float = Field(default=30.0, ge=0)
 
 
+UpstreamKind = Literal["openai", "azure", "openai-compatible", "anthropic"]
+
+
 class UpstreamSettings(_Section):
+    """One provider endpoint. ``models`` (exact names or globs) route requests to it."""
+
+    name: str = "default"
+    kind: UpstreamKind = "openai"
     url: str = "https://api.openai.com/v1"
+    models: tuple[str, ...] = ()
     api_key: str | None = None
-    inject_stream_usage: bool = True
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    api_version: str | None = None
+    deployments: dict[str, str] = Field(default_factory=dict)
+    provider: str | None = None
+    inject_stream_usage: bool | None = None
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
@@ -56,6 +69,28 @@ class UpstreamSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://, e.g. https://api.openai.com/v1")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamSettings:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("give api_key or api_key_env, not both")
+        if self.api_version is not None and self.kind != "azure":
+            raise ValueError("api_version is for kind: azure (deployment URLs) only")
+        return self
+
+    @property
+    def stream_usage(self) -> bool:
+        """Whether to ask streams for ``stream_options.include_usage``."""
+        if self.inject_stream_usage is not None:
+            return self.inject_stream_usage
+        return self.kind != "anthropic"
+
+    @property
+    def pricing_provider(self) -> str | None:
+        """The provider whose price list applies, as a hint for pricing."""
+        if self.provider is not None:
+            return self.provider
+        return {"openai": "openai", "azure": "azure", "anthropic": "anthropic"}.get(self.kind)
 
 
 class DatabaseSettings(_Section):
@@ -122,14 +157,23 @@ class TokenizerRule(_Section):
 
 
 class Settings(_Section):
-    """Everything tallyproxy can be told; see config.example.yaml for each key."""
+    """Everything tallyproxy can be told; see config.example.yaml for each key.
+
+    ``upstreams`` routes by model; without it, ``upstream`` serves every request.
+    """
 
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    upstreams: tuple[UpstreamSettings, ...] = ()
     database: DatabaseSettings = DatabaseSettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None
+
+    @property
+    def routes(self) -> tuple[UpstreamSettings, ...]:
+        """The upstreams requests are routed over, in order."""
+        return self.upstreams or (self.upstream,)
 
 
 ENV_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -163,9 +207,34 @@ def load_settings(
         if value is not None:
             _set_path(raw, key, value)
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    return _with_keys_from_env(settings, env)
+
+
+def _with_keys_from_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Fill ``api_key`` from ``api_key_env``, so keys need not be written into the file."""
+
+    def resolved(upstream: UpstreamSettings, key: str) -> UpstreamSettings:
+        if upstream.api_key_env is None:
+            return upstream
+        value = env.get(upstream.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"config key '{key}.api_key_env': environment variable "
+                f"{upstream.api_key_env} is not set"
+            )
+        return upstream.model_copy(update={"api_key": value})
+
+    return settings.model_copy(
+        update={
+            "upstream": resolved(settings.upstream, "upstream"),
+            "upstreams": tuple(
+                resolved(u, f"upstreams.{i}") for i, u in enumerate(settings.upstreams)
+            ),
+        }
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

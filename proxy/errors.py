@@ -5,6 +5,7 @@
     │   ├── InvalidRequest          400: unreadable body, bad tag header, bad query parameter
     │   ├── Unauthorized            401: the usage API needs the admin token
     │   ├── NotFound                404
+    │   ├── ModelNotRouted          404: no configured upstream serves the model
     │   └── BodyTooLarge            413
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
@@ -54,6 +55,10 @@ class Unauthorized(ClientError):
 class NotFound(ClientError):
     status_code = 404
     code = "not_found"
+
+
+class ModelNotRouted(NotFound):
+    code = "model_not_found"
 
 
 class BodyTooLarge(ClientError):

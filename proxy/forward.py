@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import orjson
@@ -17,44 +17,57 @@ from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
     InvalidRequest,
+    ModelNotRouted,
     TallyError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
 )
-from proxy.metering import completion_text_from_payload
-from proxy.plan import BodyError, RequestPlan, client_headers, plan_request, upstream_headers
+from proxy.metering import completion_text_from_payload, priced_model
+from proxy.money import format_usd
+from proxy.plan import (
+    BodyError,
+    RequestPlan,
+    client_headers,
+    plan_request,
+    upstream_headers,
+    with_stream_usage,
+)
+from proxy.pricing import PriceBook
 from proxy.records import Exchange, new_record_id
-from proxy.sse import SSESplitter, event_fields, parse_event_json
+from proxy.routing import NoRoute, choose_upstream, credential_headers, target
+from proxy.session_costs import SessionCosts
 from proxy.streaming import PassthroughStream
 from proxy.tags import TagError, parse_tags
-from proxy.usage import StreamAccumulator, is_usage_only_chunk, usage_from_payload
+from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
+from proxy.usage import usage_from_payload
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-tally-request-id"
 TOTAL_TOKENS_HEADER = "x-tally-total-tokens"
-_USAGE_NULL = b',"usage":null'
-
-
-class ExchangeSink(Protocol):
-    def submit(self, item: Exchange) -> bool: ...
+COST_HEADER = "x-tally-cost-usd"
+SESSION_COST_HEADER = "x-tally-session-cost-usd"
 
 
 class Forwarder:
-    """Sends client requests to one upstream through a pooled client and meters the answers."""
+    """Sends client requests to their upstream through one pooled client; meters the answers."""
 
     def __init__(
         self,
         client: httpx.AsyncClient,
-        upstream: UpstreamSettings,
+        routes: Sequence[UpstreamSettings],
         sink: ExchangeSink,
+        prices: PriceBook,
+        session_costs: SessionCosts,
         max_body_bytes: int,
     ) -> None:
         self.client = client
-        self.upstream = upstream
+        self.routes = tuple(routes)
         self.sink = sink
+        self.prices = prices
+        self.session_costs = session_costs
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request) -> Response:
@@ -62,29 +75,31 @@ class Forwarder:
         started = time.perf_counter()
         record_id = new_record_id()
         id_header = {REQUEST_ID_HEADER: record_id}
+        endpoint = request.url.path
+        headers = request.headers.items()
         try:
             body = await _read_body(request, self.max_body_bytes)
-            headers = request.headers.items()
-            plan = plan_request(
-                request.url.path,
-                body,
-                request.headers.get("content-type", ""),
-                self.upstream.inject_stream_usage,
-            )
+            plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
+            upstream = choose_upstream(self.routes, plan.model)
         except BodyError as exc:
             return error_response(InvalidRequest(str(exc)), id_header)
         except TagError as exc:
             return error_response(InvalidRequest(str(exc), param=exc.header), id_header)
+        except NoRoute as exc:
+            return error_response(ModelNotRouted(str(exc), param="model"), id_header)
         except TallyError as exc:
             return error_response(exc, id_header)
+        if upstream.stream_usage:
+            plan = with_stream_usage(plan, endpoint)
 
         exchange = Exchange(
             id=record_id,
             created_at=datetime.now(UTC),
             method=request.method,
-            endpoint=request.url.path,
-            upstream=self.upstream.url,
+            endpoint=endpoint,
+            upstream=upstream.url,
+            provider=upstream.pricing_provider,
             stream=plan.stream,
             model=plan.model,
             session_id=tags.session_id,
@@ -92,13 +107,17 @@ class Forwarder:
             properties=tags.properties,
             request_body=plan.json,
         )
-        url = f"{self.upstream.url}/{request.path_params['path']}"
+        where = target(upstream, request.path_params["path"], plan.model)
+        query = httpx.QueryParams(request.url.query).merge(where.query)
         upstream_request = self.client.build_request(
             request.method,
-            url,
-            params=request.url.query or None,
-            headers=upstream_headers(headers, self.upstream.api_key, plan.stream),
+            where.url,
+            params=query,
+            headers=upstream_headers(
+                headers, credential_headers(upstream, headers), upstream.headers, plan.stream
+            ),
             content=plan.body,
+            timeout=upstream_timeout(upstream),
         )
         try:
             response = await self.client.send(upstream_request, stream=True)
@@ -115,10 +134,10 @@ class Forwarder:
     def _upstream_failed(
         self, exchange: Exchange, started: float, exc: httpx.HTTPError
     ) -> Response:
-        error = _describe_upstream_error(exc, self.upstream.url)
+        error = _describe_upstream_error(exc, exchange.upstream)
         exchange.status_code = error.status_code
         exchange.error = error.message
-        exchange.latency_ms = _ms_since(started)
+        exchange.latency_ms = elapsed_ms(started)
         exchange.request_body = None
         self.sink.submit(exchange)
         return error_response(error, {REQUEST_ID_HEADER: exchange.id})
@@ -132,7 +151,7 @@ class Forwarder:
             return self._upstream_failed(exchange, started, exc)
         finally:
             await response.aclose()
-        exchange.latency_ms = _ms_since(started)
+        exchange.latency_ms = elapsed_ms(started)
         exchange.completed = True
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
@@ -141,8 +160,17 @@ class Forwarder:
             model = payload.get("model")
             exchange.response_model = model if isinstance(model, str) else None
             exchange.provider_usage = usage_from_payload(payload)
-        if exchange.provider_usage is not None:
-            headers.append((TOTAL_TOKENS_HEADER, str(exchange.provider_usage.total_tokens)))
+        usage = exchange.provider_usage
+        if usage is not None:
+            headers.append((TOTAL_TOKENS_HEADER, str(usage.total_tokens)))
+            exchange.cost = self.prices.cost(
+                priced_model(exchange), usage, provider=exchange.provider, at=exchange.created_at
+            )
+            if exchange.cost is not None:
+                headers.append((COST_HEADER, format_usd(exchange.cost.usd)))
+            session_cost = await self.session_costs.running_total(exchange)
+            if session_cost is not None:
+                headers.append((SESSION_COST_HEADER, format_usd(session_cost)))
             exchange.request_body = None
         elif payload is not None and response.is_success:
             exchange.completion_text = completion_text_from_payload(payload)
@@ -159,87 +187,29 @@ class Forwarder:
         plan: RequestPlan | None,
         started: float,
     ) -> Response:
-        tee = _StreamTee(response, exchange, plan, started, self.sink)
+        tee = StreamTee(
+            response,
+            exchange,
+            watch_events=plan is not None,
+            strip_usage=plan is not None and plan.strip_usage_chunk,
+            started=started,
+            sink=self.sink,
+            prices=self.prices,
+            session_costs=self.session_costs,
+        )
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
         return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
 
 
-class _StreamTee:
-    """Watches a streamed answer on its way to the client and files the exchange at the end."""
-
-    def __init__(
-        self,
-        response: httpx.Response,
-        exchange: Exchange,
-        plan: RequestPlan | None,
-        started: float,
-        sink: ExchangeSink,
-    ) -> None:
-        self.response = response
-        self.exchange = exchange
-        self.strip_usage = plan is not None and plan.strip_usage_chunk
-        self.watch_events = plan is not None
-        self.started = started
-        self.sink = sink
-        self.splitter = SSESplitter()
-        self.accumulator = StreamAccumulator()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        exchange = self.exchange
-        try:
-            async for chunk in self.response.aiter_bytes():
-                if exchange.ttft_ms is None:
-                    exchange.ttft_ms = _ms_since(self.started)
-                if not self.watch_events:
-                    yield chunk
-                elif self.strip_usage:
-                    yield self._observe(self.splitter.feed(chunk))
-                else:
-                    yield chunk
-                    self._observe(self.splitter.feed(chunk))
-            if self.watch_events:
-                # A last event without its blank line still counts (and still reaches the client).
-                tail = self.splitter.remainder()
-                kept = self._observe([tail]) if tail else b""
-                if self.strip_usage:
-                    yield kept
-            # The connection ended cleanly; the answer is whole only if it said it was finished.
-            exchange.completed = self.accumulator.finished or not self.watch_events
-        except httpx.HTTPError as exc:
-            exchange.error = f"upstream stream broken: {_describe_upstream_error(exc, '').message}"
-
-    def _observe(self, events: list[bytes]) -> bytes:
-        kept: list[bytes] = []
-        for raw in events:
-            event_type, data = event_fields(raw)
-            event = parse_event_json(data) if data is not None else None
-            if event is not None:
-                self.accumulator.feed(event, event_type)
-                if self.strip_usage:
-                    if is_usage_only_chunk(event):
-                        continue
-                    if "usage" in event and event["usage"] is None and raw.count(_USAGE_NULL) == 1:
-                        raw = raw.replace(_USAGE_NULL, b"")
-            kept.append(raw)
-        return b"".join(kept)
-
-    async def finish(self, client_gone: bool) -> None:
-        exchange = self.exchange
-        await self.response.aclose()
-        exchange.latency_ms = _ms_since(self.started)
-        if not exchange.completed and exchange.error is None:
-            exchange.error = (
-                "client disconnected" if client_gone else "upstream ended the stream early"
-            )
-        accumulator = self.accumulator
-        exchange.response_model = accumulator.response_model
-        exchange.provider_usage = accumulator.usage
-        if accumulator.usage is not None or not self.response.is_success:
-            exchange.request_body = None
-        else:
-            exchange.completion_text = accumulator.text
-        self.sink.submit(exchange)
+def upstream_timeout(upstream: UpstreamSettings) -> httpx.Timeout:
+    """The upstream's own connect and read timeouts; a silent upstream gets a 504."""
+    return httpx.Timeout(
+        connect=upstream.connect_timeout,
+        read=upstream.read_timeout,
+        write=upstream.read_timeout,
+        pool=upstream.connect_timeout,
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -285,7 +255,3 @@ def _describe_upstream_error(exc: httpx.HTTPError, upstream: str) -> UpstreamErr
     if isinstance(exc, httpx.ConnectError):
         return UpstreamUnreachable(f"cannot connect to the upstream {upstream}: is it running?")
     return UpstreamUnreachable(f"the upstream {upstream} failed: {type(exc).__name__}: {exc}")
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

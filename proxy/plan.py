@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
+from proxy.routing import CREDENTIAL_HEADERS
 from proxy.tags import is_tag_header
 
 # Endpoints whose streams can carry a final usage chunk when asked with stream_options.
@@ -45,8 +46,8 @@ class RequestPlan:
     strip_usage_chunk: bool
 
 
-def plan_request(endpoint: str, body: bytes, content_type: str, inject_usage: bool) -> RequestPlan:
-    """Parse just enough of the body, and ask a stream for its usage when the client did not.
+def plan_request(endpoint: str, body: bytes, content_type: str) -> RequestPlan:
+    """Parse just enough of the body: the model and whether the answer streams.
 
     Raises ``BodyError`` when a JSON content type carries a body that is not a JSON object.
     """
@@ -55,13 +56,18 @@ def plan_request(endpoint: str, body: bytes, content_type: str, inject_usage: bo
         return RequestPlan(body, None, None, False, False)
     model = parsed.get("model")
     stream = parsed.get("stream") is True
-    strip = False
-    if stream and inject_usage and endpoint in STREAM_USAGE_ENDPOINTS:
-        options = parsed.get("stream_options")
-        if options is None or (isinstance(options, dict) and not options.get("include_usage")):
-            body = _with_include_usage(body, parsed)
-            strip = True
-    return RequestPlan(body, parsed, model if isinstance(model, str) else None, stream, strip)
+    return RequestPlan(body, parsed, model if isinstance(model, str) else None, stream, False)
+
+
+def with_stream_usage(plan: RequestPlan, endpoint: str) -> RequestPlan:
+    """Ask a stream for its usage when the client did not; the extra chunk is then stripped."""
+    parsed = plan.json
+    if parsed is None or not plan.stream or endpoint not in STREAM_USAGE_ENDPOINTS:
+        return plan
+    options = parsed.get("stream_options")
+    if options is not None and not (isinstance(options, dict) and not options.get("include_usage")):
+        return plan
+    return replace(plan, body=_with_include_usage(plan.body, parsed), strip_usage_chunk=True)
 
 
 def _parse_json_body(body: bytes, content_type: str) -> dict[str, Any] | None:
@@ -87,23 +93,25 @@ def _with_include_usage(body: bytes, parsed: dict[str, Any]) -> bytes:
 
 
 def upstream_headers(
-    client_headers: Iterable[tuple[str, str]], api_key: str | None, stream: bool
+    client_headers: Iterable[tuple[str, str]],
+    credentials: Iterable[tuple[str, str]],
+    extra: Mapping[str, str],
+    stream: bool,
 ) -> list[tuple[str, str]]:
-    """Headers for the upstream: no hop-by-hop, no tags, an encoding tallyproxy can read."""
+    """Headers for the upstream: no hop-by-hop, no tags, the upstream's credentials and extra
+    headers, and an encoding tallyproxy can read."""
+    dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | {"host", "content-length"}
+    dropped |= {name.lower() for name in extra}
     out: list[tuple[str, str]] = []
     accepted = "identity"
     for name, value in client_headers:
         if name == "accept-encoding":
             accepted = value
-            continue
-        if name in HOP_BY_HOP or name in ("host", "content-length"):
-            continue
-        if is_tag_header(name) or (api_key is not None and name in ("authorization", "api-key")):
-            continue
-        out.append((name, value))
+        elif name not in dropped and not is_tag_header(name):
+            out.append((name, value))
+    out.extend(credentials)
+    out.extend((name.lower(), value) for name, value in extra.items())
     out.append(("accept-encoding", "identity" if stream else readable_encodings(accepted)))
-    if api_key is not None:
-        out.append(("authorization", f"Bearer {api_key}"))
     return out
 
 

@@ -13,6 +13,7 @@ from proxy.metering import priced_model
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
+from proxy.session_costs import SessionCosts
 from proxy.sse import SSESplitter, event_fields, parse_event_json
 from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
@@ -45,6 +46,7 @@ class StreamTee:
         started: float,
         sink: ExchangeSink,
         prices: PriceBook,
+        session_costs: SessionCosts,
     ) -> None:
         self.response = response
         self.exchange = exchange
@@ -53,6 +55,7 @@ class StreamTee:
         self.started = started
         self.sink = sink
         self.prices = prices
+        self.session_costs = session_costs
         self.splitter = SSESplitter()
         self.accumulator = StreamAccumulator()
         self.tallied = False
@@ -66,37 +69,43 @@ class StreamTee:
                     exchange.ttft_ms = elapsed_ms(self.started)
                 if not self.watch_events:
                     yield chunk
-                elif self.strip_usage:
-                    yield self._observe(self.splitter.feed(chunk))
+                    continue
+                if self.strip_usage:
+                    pieces, done_at = self._observe(self.splitter.feed(chunk))
                 else:
-                    yield self._pass_through(chunk)
+                    pieces, done_at = self._pass_through(chunk)
+                if done_at is not None and not self.tallied:
+                    # Usage comes just before [DONE]: observed above, so the tally carries it.
+                    pieces.insert(done_at, await self._tally_comment())
+                yield b"".join(pieces)
             if self.watch_events:
                 # A last event without its blank line still counts (and still reaches the client).
                 tail = self.splitter.remainder()
-                kept = self._observe([tail]) if tail else b""
+                pieces, _ = self._observe([tail]) if tail else ([], None)
                 if self.strip_usage:
-                    yield kept
+                    yield b"".join(pieces)
                 if not self.tallied and self.response.is_success:
-                    yield self._tally_comment()
+                    yield await self._tally_comment()
             # The connection ended cleanly; the answer is whole only if it said it was finished.
             exchange.completed = self.accumulator.finished or not self.watch_events
         except httpx.HTTPError as exc:
             exchange.error = f"upstream stream broken: {type(exc).__name__}: {exc}"[:500]
 
-    def _pass_through(self, chunk: bytes) -> bytes:
-        done_at = chunk.find(_DONE)
+    def _pass_through(self, chunk: bytes) -> tuple[list[bytes], int | None]:
         self._observe(self.splitter.feed(chunk))
-        if done_at < 0 or self.tallied:
-            return chunk
-        # Usage arrives just before [DONE]: observed above, so the comment can carry it.
-        return chunk[:done_at] + self._tally_comment() + chunk[done_at:]
+        done_at = chunk.find(_DONE)
+        if done_at < 0:
+            return [chunk], None
+        return [chunk[:done_at], chunk[done_at:]], 1
 
-    def _observe(self, events: list[bytes]) -> bytes:
+    def _observe(self, events: list[bytes]) -> tuple[list[bytes], int | None]:
+        """Feed the accumulator; return the events to send and where ``[DONE]`` is among them."""
         kept: list[bytes] = []
+        done_at: int | None = None
         for raw in events:
             event_type, data = event_fields(raw)
-            if data == "[DONE]" and self.strip_usage and not self.tallied:
-                kept.append(self._tally_comment())
+            if data == "[DONE]" and done_at is None:
+                done_at = len(kept)
             event = parse_event_json(data) if data is not None else None
             if event is not None:
                 self.accumulator.feed(event, event_type)
@@ -106,9 +115,9 @@ class StreamTee:
                     if "usage" in event and event["usage"] is None and raw.count(_USAGE_NULL) == 1:
                         raw = raw.replace(_USAGE_NULL, b"")
             kept.append(raw)
-        return b"".join(kept)
+        return kept, done_at
 
-    def _tally_comment(self) -> bytes:
+    async def _tally_comment(self) -> bytes:
         self.tallied = True
         exchange = self.exchange
         usage = self.accumulator.usage
@@ -125,6 +134,9 @@ class StreamTee:
                 "total_tokens": usage.total_tokens,
                 "cost_usd": None if exchange.cost is None else format_usd(exchange.cost.usd),
             }
+            session_cost = await self.session_costs.running_total(exchange)
+            if session_cost is not None:
+                tally["session_cost_usd"] = format_usd(session_cost)
         return b": tally " + orjson.dumps(tally) + b"\n\n"
 
     async def finish(self, client_gone: bool) -> None:

@@ -184,3 +184,29 @@ def test_reprice_dry_run_on_an_empty_database(tmp_path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "0 records examined, would change 0" in done.stdout
+
+
+async def test_session_cost_header_is_the_running_total(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.usage = MINI_USAGE
+    seen = []
+    for _ in range(3):
+        raw = await proxy.sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Session-Id": "running"}
+        )
+        seen.append(Decimal(raw.headers["x-tally-session-cost-usd"]))
+    # Stored or still on its way to the database, every earlier request counts exactly once.
+    assert seen == [MINI_COST, 2 * MINI_COST, 3 * MINI_COST]
+    await proxy.records(3)
+    async with httpx.AsyncClient(base_url=proxy.base_url) as client:
+        response = await client.post(
+            "/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+            headers={"X-Session-Id": "running"},
+        )
+    assert Decimal(str(_tally(response.text)["session_cost_usd"])) == 4 * MINI_COST
+    raw = await proxy.sdk.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    assert "x-tally-session-cost-usd" not in raw.headers

@@ -350,6 +350,9 @@ class FakeUpstream:
                 Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                # Azure OpenAI's deployment URLs (``?api-version=`` is recorded, not checked).
+                Route("/openai/deployments/{name}/chat/completions", self._chat, methods=["POST"]),
+                Route("/openai/deployments/{name}/embeddings", self._embeddings, methods=["POST"]),
                 Route(
                     "/{path:path}",
                     self._not_found,

@@ -57,3 +57,49 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(environ={})
     with pytest.raises(ValueError):
         settings.server.port = 1  # type: ignore[misc]
+
+
+EXAMPLE = Path(__file__).parents[2] / "config.example.yaml"
+
+
+def test_example_config_holds_the_defaults() -> None:
+    assert load_settings(EXAMPLE, environ={}) == Settings()
+
+
+def _commented_block(key: str) -> str:
+    """The example's commented-out ``key:`` block, uncommented."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index(f"# {key}:")
+    block = [lines[start][2:]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    return "\n".join(block) + "\n"
+
+
+def test_example_config_commented_blocks_are_valid(tmp_path: Path) -> None:
+    config = tmp_path / "full.yaml"
+    config.write_text("".join(_commented_block(k) for k in ("upstreams", "prices", "tokenizers")))
+    env = {
+        name: "secret"
+        for name in (
+            "ANTHROPIC_API_KEY",
+            "AZURE_OPENAI_API_KEY",
+            "DEEPSEEK_API_KEY",
+            "DASHSCOPE_API_KEY",
+        )
+    }
+    settings = load_settings(config, environ=env)
+    assert [u.name for u in settings.routes] == [
+        "anthropic", "azure", "deepseek", "qwen", "local-vllm", "openai"
+    ]  # fmt: skip
+    assert settings.routes[1].api_key == "secret"
+    assert len(settings.prices) == 3 and len(settings.tokenizers) == 2
+
+
+def test_missing_key_variable_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "k.yaml"
+    config.write_text("upstream:\n  api_key_env: NOT_SET_ANYWHERE\n")
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set"):
+        load_settings(config, environ={})

@@ -2,14 +2,26 @@ import json
 
 import pytest
 
-from proxy.plan import BodyError, plan_request, readable_encodings, upstream_headers
+from proxy.plan import (
+    BodyError,
+    RequestPlan,
+    plan_request,
+    readable_encodings,
+    upstream_headers,
+    with_stream_usage,
+)
 
 CHAT = "/v1/chat/completions"
 
 
+def planned(endpoint: str, body: bytes, content_type: str, inject: bool) -> RequestPlan:
+    plan = plan_request(endpoint, body, content_type)
+    return with_stream_usage(plan, endpoint) if inject else plan
+
+
 def test_non_stream_body_is_forwarded_byte_for_byte() -> None:
     body = b'{"model": "gpt-4o-mini",  "messages": [{"role": "user", "content": "hi"}]}'
-    plan = plan_request(CHAT, body, "application/json", inject_usage=True)
+    plan = planned(CHAT, body, "application/json", inject=True)
     assert plan.body is body
     assert (plan.model, plan.stream, plan.strip_usage_chunk) == ("gpt-4o-mini", False, False)
 
@@ -40,7 +52,7 @@ def test_non_stream_body_is_forwarded_byte_for_byte() -> None:
 def test_stream_asks_for_usage(
     request_body: dict[str, object], strip: bool, expected_options: dict[str, object]
 ) -> None:
-    plan = plan_request(CHAT, json.dumps(request_body).encode(), "application/json", True)
+    plan = planned(CHAT, json.dumps(request_body).encode(), "application/json", True)
     assert plan.strip_usage_chunk is strip
     sent = json.loads(plan.body)
     assert sent["stream_options"] == expected_options
@@ -55,7 +67,7 @@ def test_stream_asks_for_usage(
 )
 def test_usage_is_not_injected_where_it_does_not_apply(endpoint: str, inject: bool) -> None:
     body = b'{"model": "m", "stream": true}'
-    plan = plan_request(endpoint, body, "application/json", inject)
+    plan = planned(endpoint, body, "application/json", inject)
     assert plan.body == body and not plan.strip_usage_chunk and plan.stream
 
 
@@ -64,17 +76,17 @@ def test_usage_is_not_injected_where_it_does_not_apply(endpoint: str, inject: bo
     [(b"", "application/json"), (b"raw audio", "audio/wav"), (b"--b\r\n", "multipart/form-data")],
 )
 def test_bodies_that_are_not_json_pass_untouched(body: bytes, content_type: str) -> None:
-    plan = plan_request(CHAT, body, content_type, True)
+    plan = planned(CHAT, body, content_type, True)
     assert plan.body == body and plan.json is None and plan.model is None
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe{}"])
 def test_bad_json_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(BodyError):
-        plan_request(CHAT, body, "application/json", True)
+        planned(CHAT, body, "application/json", True)
 
 
-def test_upstream_headers_drop_tags_and_hop_by_hop() -> None:
+def test_upstream_headers_drop_tags_hop_by_hop_and_client_credentials() -> None:
     client = [
         ("host", "localhost:8080"),
         ("content-length", "10"),
@@ -83,17 +95,22 @@ def test_upstream_headers_drop_tags_and_hop_by_hop() -> None:
         ("x-session-id", "s1"),
         ("helicone-property-env", "prod"),
         ("openai-organization", "org-1"),
+        ("x-extra", "from-client"),
         ("accept-encoding", "gzip, deflate, br, zstd"),
     ]
-    assert upstream_headers(client, None, stream=False) == [
-        ("authorization", "Bearer sk-client"),
+    credentials = [("authorization", "Bearer sk-client")]
+    assert upstream_headers(client, credentials, {}, stream=False) == [
         ("openai-organization", "org-1"),
+        ("x-extra", "from-client"),
+        ("authorization", "Bearer sk-client"),
         ("accept-encoding", "gzip, deflate"),
     ]
-    assert upstream_headers(client, "sk-proxy", stream=True) == [
+    proxy_key = [("api-key", "azure-key")]
+    assert upstream_headers(client, proxy_key, {"X-Extra": "configured"}, stream=True) == [
         ("openai-organization", "org-1"),
+        ("api-key", "azure-key"),
+        ("x-extra", "configured"),
         ("accept-encoding", "identity"),
-        ("authorization", "Bearer sk-proxy"),
     ]
 
 
