@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
             prices,
             SessionCosts(engine),
             settings.server.max_body_bytes,
+            settings.metering.drift_sample_rate,
         )
         for route in settings.routes:
             models = ", ".join(route.models) or "every other model"

@@ -156,6 +156,10 @@ class TokenizerRule(_Section):
         return self
 
 
+class MeteringSettings(_Section):
+    drift_sample_rate: float = Field(default=0.05, ge=0, le=1)
+
+
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key.
 
@@ -166,6 +170,7 @@ class Settings(_Section):
     upstream: UpstreamSettings = UpstreamSettings()
     upstreams: tuple[UpstreamSettings, ...] = ()
     database: DatabaseSettings = DatabaseSettings()
+    metering: MeteringSettings = MeteringSettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None

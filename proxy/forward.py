@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from proxy.errors import (
     UpstreamUnreachable,
     error_response,
 )
-from proxy.metering import completion_text_from_payload, priced_model
+from proxy.metering import completion_text_from_payload, priced_model, wants_estimate
 from proxy.money import format_usd
 from proxy.plan import (
     BodyError,
@@ -62,12 +63,14 @@ class Forwarder:
         prices: PriceBook,
         session_costs: SessionCosts,
         max_body_bytes: int,
+        drift_sample_rate: float = 0.0,
     ) -> None:
         self.client = client
         self.routes = tuple(routes)
         self.sink = sink
         self.prices = prices
         self.session_costs = session_costs
+        self.drift_sample_rate = drift_sample_rate
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request) -> Response:
@@ -106,6 +109,7 @@ class Forwarder:
             user_id=tags.user_id,
             properties=tags.properties,
             request_body=plan.json,
+            sample_estimate=self.drift_sample_rate > random.random(),
         )
         where = target(upstream, request.path_params["path"], plan.model)
         query = httpx.QueryParams(request.url.query).merge(where.query)
@@ -171,11 +175,12 @@ class Forwarder:
             session_cost = await self.session_costs.running_total(exchange)
             if session_cost is not None:
                 headers.append((SESSION_COST_HEADER, format_usd(session_cost)))
-            exchange.request_body = None
-        elif payload is not None and response.is_success:
-            exchange.completion_text = completion_text_from_payload(payload)
         if not response.is_success:
             exchange.error = _upstream_error_message(payload, response.status_code)
+            exchange.request_body = None
+        elif wants_estimate(exchange) and payload is not None:
+            exchange.completion_text = completion_text_from_payload(payload)
+        else:
             exchange.request_body = None
         self.sink.submit(exchange)
         return Response(content, status_code=response.status_code, headers=dict(headers))

@@ -59,6 +59,11 @@ def _dicts(value: object) -> Iterable[dict[str, Any]]:
     return ()
 
 
+def wants_estimate(exchange: Exchange) -> bool:
+    """Whether to keep what a local count needs: no provider usage, or sampled for drift."""
+    return exchange.provider_usage is None or exchange.sample_estimate
+
+
 def priced_model(exchange: Exchange) -> str | None:
     """The model to price: the answer names the exact snapshot; the request may be an alias."""
     return exchange.response_model or exchange.model

@@ -40,6 +40,7 @@ class Exchange:
     user_id: str | None
     properties: dict[str, str]
     provider: str | None = None
+    sample_estimate: bool = False
     request_body: dict[str, Any] | None = None
     status_code: int = 0
     response_model: str | None = None

@@ -9,7 +9,7 @@ from typing import Protocol
 import httpx
 import orjson
 
-from proxy.metering import priced_model
+from proxy.metering import priced_model, wants_estimate
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
@@ -151,10 +151,10 @@ class StreamTee:
         accumulator = self.accumulator
         exchange.response_model = accumulator.response_model or exchange.response_model
         exchange.provider_usage = accumulator.usage
-        if accumulator.usage is not None or not self.response.is_success:
-            exchange.request_body = None
-        else:
+        if self.response.is_success and wants_estimate(exchange):
             exchange.completion_text = accumulator.text
+        else:
+            exchange.request_body = None
         self.sink.submit(exchange)
 
 

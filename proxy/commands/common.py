@@ -1,0 +1,31 @@
+"""Flags and argument types shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime, timedelta
+
+_AGE = re.compile(r"(\d+)([mhd])")
+_AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def database_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (or TALLYPROXY_CONFIG)")
+    parser.add_argument(
+        "--database-url", help="sqlite+aiosqlite:///file.db or postgresql+asyncpg://..."
+    )
+
+
+def moment(text: str) -> datetime:
+    """``2026-11-01``, ``2026-11-01T12:00:00Z`` (naive = UTC) or an age such as ``24h``."""
+    age = _AGE.fullmatch(text.strip())
+    if age:
+        return datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: int(age[1])})
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO date/time nor an age like 24h"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -1,0 +1,34 @@
+"""``tallyproxy migrate``: apply pending migrations and exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from proxy.commands.common import database_flags
+from proxy.config import Settings
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "migrate", help="apply pending database migrations and exit"
+    )
+    database_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from proxy.store.engine import create_engine
+    from proxy.store.migrate import upgrade_database
+
+    async def upgrade() -> None:
+        engine = create_engine(settings.database.url)
+        try:
+            await upgrade_database(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(upgrade())
+    print(f"tallyproxy: database at {settings.database.url.split('@')[-1]} is up to date")
+    return 0
