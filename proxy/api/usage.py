@@ -24,6 +24,7 @@ MAX_SUMMARY_GROUPS = 10000
 PING_TIMEOUT = 2.0
 
 Param = Annotated[str | None, Query()]
+PropertyParam = Annotated[str | None, Query(alias="property")]
 
 
 def usage_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
@@ -76,9 +77,11 @@ async def list_requests(
     until: Param = None,
     limit: Param = None,
     cursor: Param = None,
+    property_: PropertyParam = None,
 ) -> JSONResponse:
     """Records matching the filters, newest first: ``{"data": [...], "next_cursor": ...}``."""
     try:
+        property_name, property_value = _parse_property(property_)
         rows, next_cursor = await _queries(request).list_requests(
             session_id=session_id,
             user_id=user_id,
@@ -87,6 +90,8 @@ async def list_requests(
             until=_parse_time(until, "until"),
             limit=_parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
             cursor=cursor,
+            property_name=property_name,
+            property_value=property_value,
         )
     except InvalidQuery as exc:
         return _invalid(exc)
@@ -108,15 +113,19 @@ async def list_sessions(
     until: Param = None,
     limit: Param = None,
     cursor: Param = None,
+    property_: PropertyParam = None,
 ) -> JSONResponse:
     """Session summaries, most recent activity first: ``{"data": [...], "next_cursor": ...}``."""
     try:
+        property_name, property_value = _parse_property(property_)
         rows, next_cursor = await _queries(request).list_sessions(
             user_id=user_id,
             since=_parse_time(since, "since"),
             until=_parse_time(until, "until"),
             limit=_parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
             cursor=cursor,
+            property_name=property_name,
+            property_value=property_value,
         )
     except InvalidQuery as exc:
         return _invalid(exc)
@@ -140,9 +149,11 @@ async def summary(
     since: Param = None,
     until: Param = None,
     limit: Param = None,
+    property_: PropertyParam = None,
 ) -> JSONResponse:
     """Totals per group: ``{"group_by": G, "data": [{"key": ..., "requests": ...}, ...]}``."""
     try:
+        property_name, property_value = _parse_property(property_)
         if not group_by:
             choices = ", ".join((*GROUP_BY_CHOICES, "property:<name>"))
             raise InvalidQuery(f"group_by is required: one of {choices}", "group_by")
@@ -152,6 +163,8 @@ async def summary(
             model=model,
             since=_parse_time(since, "since"),
             until=_parse_time(until, "until"),
+            property_name=property_name,
+            property_value=property_value,
         )
         max_groups = _parse_limit(limit, MAX_SUMMARY_GROUPS, MAX_SUMMARY_GROUPS)
         rows = await _queries(request).summary(group_by, filters, limit=max_groups)
@@ -175,6 +188,18 @@ def _parse_limit(value: str | None, maximum: int, default: int) -> int:
     if not 1 <= limit <= maximum:
         raise InvalidQuery(f"invalid limit {value!r}: an integer from 1 to {maximum}", "limit")
     return limit
+
+
+def _parse_property(value: str | None) -> tuple[str | None, str | None]:
+    """``name:value`` (split at the first colon) -> (name, value); the name is lower-cased."""
+    if value is None:
+        return None, None
+    name, colon, wanted = value.partition(":")
+    if not colon or not name:
+        raise InvalidQuery(
+            f"invalid property {value!r}: use name:value, e.g. property=env:prod", "property"
+        )
+    return name.lower(), wanted
 
 
 def _parse_time(value: str | None, param: str) -> datetime | None:

@@ -49,6 +49,9 @@ class UsageFilters:
     model: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    property_name: str | None = None
+    """With ``property_value``: only requests whose ``properties[name]`` equals the value."""
+    property_value: str | None = None
 
 
 class UsageQueries:
@@ -77,9 +80,13 @@ class UsageQueries:
         until: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        property_name: str | None = None,
+        property_value: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Records matching the filters, newest first, and the cursor of the next page."""
-        filters = UsageFilters(session_id, user_id, model, since, until)
+        filters = UsageFilters(
+            session_id, user_id, model, since, until, property_name, property_value
+        )
         query = select(requests).where(*_request_conditions(filters))
         if cursor is not None:
             query = query.where(requests.c.id < _decode_request_cursor(cursor))
@@ -108,9 +115,21 @@ class UsageQueries:
         until: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        property_name: str | None = None,
+        property_value: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Sessions active in [since, until), most recent activity first, and the next cursor."""
+        """Sessions active in [since, until), most recent activity first, and the next cursor.
+
+        With ``property_name`` and ``property_value``: only sessions with at least one request
+        carrying that property value.
+        """
         query = select(sessions)
+        if property_name is not None:
+            tagged = select(requests.c.session_id).where(
+                requests.c.session_id.is_not(None),
+                _property_condition(property_name, property_value),
+            )
+            query = query.where(sessions.c.session_id.in_(tagged))
         if user_id is not None:
             query = query.where(sessions.c.user_id == user_id)
         if since is not None:
@@ -179,14 +198,7 @@ class UsageQueries:
         if group_by in ("day", "hour"):
             return _time_bucket(self._engine.dialect.name, group_by)
         if group_by.startswith("property:"):
-            name = group_by.removeprefix("property:").lower()
-            if not _PROPERTY_NAME.fullmatch(name):
-                raise InvalidQuery(
-                    f"invalid property name {name!r}: 1-128 printable characters, no quotes",
-                    "group_by",
-                )
-            value: ColumnElement[str] = requests.c.properties[name].as_string()
-            return value
+            return _property(group_by.removeprefix("property:"), "group_by")
         choices = ", ".join((*GROUP_BY_CHOICES, "property:<name>"))
         raise InvalidQuery(f"invalid group_by {group_by!r}: use one of {choices}", "group_by")
 
@@ -226,11 +238,30 @@ def _request_conditions(filters: UsageFilters) -> list[ColumnElement[bool]]:
     ):
         if value is not None:
             conditions.append(column == value)
+    if filters.property_name is not None:
+        conditions.append(_property_condition(filters.property_name, filters.property_value))
     if filters.since is not None:
         conditions.append(requests.c.created_at >= filters.since)
     if filters.until is not None:
         conditions.append(requests.c.created_at < filters.until)
     return conditions
+
+
+def _property(name: str, param: str) -> ColumnElement[str]:
+    """``properties[name]`` as text; names are stored lower-cased, so they match any case."""
+    name = name.lower()
+    if not _PROPERTY_NAME.fullmatch(name):
+        raise InvalidQuery(
+            f"invalid property name {name!r}: 1-128 printable characters, no quotes", param
+        )
+    value: ColumnElement[str] = requests.c.properties[name].as_string()
+    return value
+
+
+def _property_condition(name: str, value: str | None) -> ColumnElement[bool]:
+    if value is None:
+        raise InvalidQuery(f"property {name!r} needs a value: use name:value", "property")
+    return _property(name, "property") == value
 
 
 def _time_bucket(dialect: str, unit: str) -> ColumnElement[Any]:
