@@ -12,12 +12,14 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
 from proxy.api.usage import usage_router
 from proxy.config import Settings
 from proxy.errors import Unauthorized, install_error_handlers
 from proxy.forward import Forwarder, upstream_timeout
 from proxy.metering import meter_batch
+from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
 from proxy.session_costs import SessionCosts
 from proxy.store.engine import create_engine
@@ -41,9 +43,10 @@ def create_app(settings: Settings) -> FastAPI:
         engine = create_engine(settings.database.url)
         await upgrade_database(engine)
         prices = PriceBook(settings.prices)
+        metrics = Metrics()
         writer = RecordWriter(
             engine,
-            partial(meter_batch, TokenCounter(settings.tokenizers), prices),
+            metrics.observing(partial(meter_batch, TokenCounter(settings.tokenizers), prices)),
             queue_size=settings.database.queue_size,
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
@@ -51,6 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await writer.start()
         client = _upstream_client(settings)
+        metrics.track_writer(writer.stats)
+        app.state.metrics = metrics
         app.state.writer = writer
         app.state.queries = UsageQueries(engine)
         app.state.prices = prices
@@ -78,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     guard = [Depends(_admin_guard(settings.admin_token))]
     app.include_router(usage_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
+    app.include_router(metrics_router(dependencies=guard))
     app.router.add_route(
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
     )
