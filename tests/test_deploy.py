@@ -1,0 +1,343 @@
+"""The deployment files, checked without a container engine.
+
+What can be checked here is: the compose file's services, health checks, start order and
+environment (which must load as settings), that every command they run is one tallyproxy
+has, the Dockerfile's shape, the nginx config under ``nginx -t``, and that
+``config.example.yaml`` documents exactly the keys ``Settings`` has.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from proxy.cli import build_parser
+from proxy.config import ENV_KEYS, DatabaseSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+REPLICAS = ("proxy-1", "proxy-2")
+IMAGE_HOME = "/var/lib/tallyproxy"
+SPOOL = f"{IMAGE_HOME}/{DatabaseSettings().spool_dir.removeprefix('./')}"
+_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def services() -> dict[str, Any]:
+    found: dict[str, Any] = compose()["services"]
+    return found
+
+
+def interpolate(value: str) -> str:
+    """Compose's ``${NAME:-default}`` with nothing set: the defaults."""
+    return _VARIABLE.sub(lambda m: m[2] or "", value)
+
+
+def assert_is_a_tallyproxy_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)  # SystemExit on an unknown command or flag
+    assert callable(args.run)
+
+
+# -- docker-compose.yml ----------------------------------------------------------------------
+
+
+def test_compose_runs_postgres_a_migration_two_replicas_and_a_load_balancer() -> None:
+    assert set(services()) == {"postgres", "migrate", *REPLICAS, "lb"}
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    for name in ("postgres", *REPLICAS, "lb"):
+        check = services()[name]["healthcheck"]
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+    assert "pg_isready" in services()["postgres"]["healthcheck"]["test"][1]
+    for name in REPLICAS:
+        assert any("/healthz" in part for part in services()[name]["healthcheck"]["test"])
+    assert services()["migrate"]["healthcheck"] == {"disable": True}
+
+
+def test_start_order_waits_for_health_and_the_migration() -> None:
+    def conditions(name: str) -> dict[str, str]:
+        return {dep: spec["condition"] for dep, spec in services()[name]["depends_on"].items()}
+
+    assert conditions("migrate") == {"postgres": "service_healthy"}
+    for name in REPLICAS:
+        assert conditions(name) == {
+            "postgres": "service_healthy",
+            "migrate": "service_completed_successfully",
+        }
+    assert conditions("lb") == dict.fromkeys(REPLICAS, "service_healthy")
+    assert services()["migrate"]["restart"] == "no"
+
+
+def test_tallyproxy_services_run_real_commands_of_one_built_image() -> None:
+    assert services()["migrate"]["command"] == ["migrate"]
+    assert_is_a_tallyproxy_command(services()["migrate"]["command"])
+    for name in REPLICAS:
+        command = services()[name]["command"]
+        assert command[:3] == ["serve", "--host", "0.0.0.0"]
+        assert_is_a_tallyproxy_command(command)
+    for name in ("migrate", *REPLICAS):
+        service = services()[name]
+        assert service["image"] == "tallyproxy:local"
+        assert (ROOT / service["build"]["context"] / "Dockerfile").is_file()
+    for name in ("postgres", "lb"):
+        image = services()[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image's tag"
+
+
+def test_each_replica_has_its_own_spool_volume() -> None:
+    declared = set(compose()["volumes"])
+    mounts = [services()[name]["volumes"] for name in REPLICAS]
+    assert all(len(m) == 1 for m in mounts)
+    sources = {m[0].split(":")[0] for m in mounts}
+    targets = {m[0].split(":")[1] for m in mounts}
+    assert len(sources) == len(REPLICAS) and sources <= declared
+    assert targets == {SPOOL}
+    assert services()["postgres"]["volumes"][0].split(":")[0] in declared
+
+
+def test_the_environment_loads_as_settings_pointing_at_the_postgres_service() -> None:
+    for name in ("migrate", *REPLICAS):
+        environment = services()[name]["environment"]
+        assert set(environment) <= set(ENV_KEYS) | {"TALLYPROXY_CONFIG"}
+        env = {key: interpolate(value) for key, value in environment.items()}
+        settings = load_settings(None, environ=env)
+        assert settings.database.url.startswith("postgresql+asyncpg://")
+        assert "@postgres:5432/" in settings.database.url
+        assert settings.admin_token is None  # empty until TALLYPROXY_ADMIN_TOKEN is set
+
+
+def test_every_compose_variable_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Scaling out") :]
+    variables = set(_VARIABLE.findall(COMPOSE.read_text()))
+    assert variables
+    for name, _default in variables:
+        assert f"`{name}`" in section, f"README's 'Scaling out' should explain {name}"
+
+
+def test_the_load_balancer_sends_to_the_replicas() -> None:
+    lb = services()["lb"]
+    source, target, *_ = lb["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == NGINX_CONF
+    assert target == "/etc/nginx/nginx.conf"
+    assert lb["ports"] == ["${TALLYPROXY_PUBLISHED_PORT:-8080}:8080"]
+    servers = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", NGINX_CONF.read_text(), re.MULTILINE)
+    ports = {
+        name: services()[name]["command"][services()[name]["command"].index("--port") + 1]
+        for name in REPLICAS
+    }
+    assert dict(servers) == ports
+
+
+# -- deploy/nginx.conf ----------------------------------------------------------------------
+
+
+def test_nginx_config_is_streaming_friendly() -> None:
+    conf = NGINX_CONF.read_text()
+    for directive in (
+        "least_conn;",
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_http_version 1.1;",
+        "proxy_read_timeout 900s;",
+    ):
+        assert directive in conf
+
+
+def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if nginx is None:
+        pytest.fail(
+            "nginx is not installed, so deploy/nginx.conf cannot be checked: "
+            "apt-get install -y nginx (Debian/Ubuntu)"
+        )
+    conf = NGINX_CONF.read_text()
+    # The replicas' names resolve only inside compose's network: map them to local addresses.
+    for number, name in enumerate(REPLICAS, start=1):
+        conf = conf.replace(f"server {name}:", f"server 127.0.0.{number}:")
+    (tmp_path / "nginx.conf").write_text(conf)
+    (tmp_path / "logs").mkdir()
+    done = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            str(tmp_path / "logs" / "error.log"),
+            "-g",
+            f"pid {tmp_path / 'nginx.pid'};",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
+
+
+# -- Dockerfile -----------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, arguments = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def dockerignored(path: str) -> bool:
+    """Whether the build context leaves ``path`` out (the last matching pattern wins)."""
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.removeprefix("**/")):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerfile_has_a_build_stage_and_a_slim_runtime() -> None:
+    instructions = dockerfile()
+    known = {"ARG", "FROM", "ENV", "RUN", "WORKDIR", "COPY", "USER", "EXPOSE"}
+    known |= {"HEALTHCHECK", "STOPSIGNAL", "ENTRYPOINT", "CMD"}
+    assert {keyword for keyword, _ in instructions} <= known
+    stages = [args for keyword, args in instructions if keyword == "FROM"]
+    assert len(stages) == 2 and stages[0].endswith(" AS build")
+    base = next(args for keyword, args in instructions if args.startswith("PYTHON_IMAGE="))
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", base)
+
+
+def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
+    copies = [args.split() for keyword, args in dockerfile() if keyword == "COPY"]
+    assert copies
+    for parts in copies:
+        if parts[0].startswith("--from="):
+            assert parts[0] == "--from=build"
+            continue
+        for source in parts[:-1]:
+            assert (ROOT / source).exists(), source
+            assert not dockerignored(source), f".dockerignore leaves out {source}"
+    for unwanted in (".venv", ".git", "tests", "tallyproxy.db", "tallyproxy-spool"):
+        assert dockerignored(unwanted), unwanted
+
+
+def test_the_image_runs_tallyproxy_serve_as_a_user_with_a_health_check() -> None:
+    stage = final_stage()
+    args = dict(stage)
+    assert args["USER"].split(":")[0] not in ("root", "0")
+    assert "useradd" in args["RUN"] and f"mkdir {SPOOL}" in args["RUN"]
+    assert args["WORKDIR"] == IMAGE_HOME
+    assert "/healthz" in args["HEALTHCHECK"] and args["HEALTHCHECK"].split()[0] == "--interval=10s"
+    entrypoint = yaml.safe_load(args["ENTRYPOINT"])
+    command = yaml.safe_load(args["CMD"])
+    assert entrypoint == ["tallyproxy"] and command == ["serve", "--host", "0.0.0.0"]
+    assert_is_a_tallyproxy_command(command)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "tallyproxy" in scripts
+    assert args["EXPOSE"] == "8080"
+
+
+def test_the_llama_extra_is_an_optional_build_argument() -> None:
+    build = dockerfile()[: [k for k, _ in dockerfile()].index("FROM", 2)]
+    assert ("ARG", 'EXTRAS=""') in build
+    install = next(a for k, a in build if k == "RUN" and "pip install" in a)
+    assert "${EXTRAS:+[$EXTRAS]}" in install
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "llama" in extras["optional-dependencies"]
+    assert shlex.split(install)[-1].startswith("/src")
+
+
+# -- config.example.yaml ---------------------------------------------------------------------
+
+_KEY = re.compile(r"^(?P<indent>\s*)(?P<item>- )?(?P<key>[a-z_]+):(\s|$)")
+
+
+def documented_keys() -> set[str]:
+    """Dotted keys of config.example.yaml, the commented-out examples included."""
+    keys: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    for raw in (ROOT / "config.example.yaml").read_text().splitlines():
+        line = re.sub(r"^(\s*)# ?", r"\1", raw) if raw.lstrip().startswith("#") else raw
+        match = _KEY.match(line)
+        if match is None:
+            continue
+        indent = len(match["indent"]) + (2 if match["item"] else 0)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = ".".join([*(name for _, name in stack), match["key"]])
+        keys.add(key)
+        stack.append((indent, match["key"]))
+    return keys
+
+
+def settings_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted keys of every field, through nested sections and lists of sections."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.add(key)
+        annotation = field.annotation
+        nested = [annotation, *get_args(annotation)] if get_origin(annotation) else [annotation]
+        for candidate in nested:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                keys |= settings_keys(candidate, f"{key}.")
+    return keys
+
+
+def test_config_example_documents_every_setting_and_nothing_else() -> None:
+    # `upstreams:` entries take every key of `upstream:` (the example says so): a key shown in
+    # either place documents both.
+    def merged(keys: set[str]) -> set[str]:
+        return {re.sub(r"^upstreams\.", "upstream.", key) for key in keys}
+
+    documented = merged(documented_keys())
+    known = merged(settings_keys(Settings))
+    assert {"upstreams", "prices.output_audio", "database.spool_dir"} <= documented
+    assert sorted(known - documented) == [], "settings missing from config.example.yaml"
+    assert sorted(documented - known) == [], "keys in config.example.yaml that Settings lacks"
+
+
+def test_config_example_loads_as_the_defaults() -> None:
+    example = load_settings(ROOT / "config.example.yaml", environ={})
+    assert example == Settings()
