@@ -16,6 +16,7 @@ from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
 from proxy.api.usage import usage_router
 from proxy.config import Settings
+from proxy.dashboard import dashboard_router
 from proxy.errors import Unauthorized, install_error_handlers
 from proxy.forward import Forwarder, upstream_timeout
 from proxy.metering import meter_batch
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
     app.include_router(metrics_router(dependencies=guard))
+    app.include_router(dashboard_router())  # no guard: the page asks for the token itself
     app.router.add_route(
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
     )
