@@ -12,6 +12,7 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
 from proxy.api.usage import usage_router
@@ -55,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await writer.start()
         client = _upstream_client(settings)
+        app.state.settings = settings
+        app.state.engine = engine
         metrics.track_writer(writer.stats)
         app.state.metrics = metrics
         app.state.writer = writer
@@ -85,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
     app.include_router(metrics_router(dependencies=guard))
+    app.include_router(drift_router(dependencies=guard))
     app.include_router(dashboard_router())  # no guard: the page asks for the token itself
     app.router.add_route(
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.pricing import Cost, PriceBook
@@ -70,13 +71,21 @@ def priced_model(exchange: Exchange) -> str | None:
 
 
 def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> RequestRecord:
-    """The record of one exchange: the provider's usage or an estimate of it, and its cost."""
-    usage, source = _usage_of(exchange, counter)
+    """The record of one exchange: the provider's usage or an estimate of it, and its cost.
+
+    A sampled exchange with provider usage also gets the local estimate, for the drift report.
+    """
+    estimate = _estimate(exchange, counter) if wants_estimate(exchange) else None
+    usage: Usage | None = exchange.provider_usage
+    source: UsageSource | None = "provider" if usage is not None else None
+    if usage is None and estimate is not None:
+        usage, source = estimate.usage, "estimated" if exchange.completed else "partial"
     cost: Cost | None = exchange.cost
     if cost is None and usage is not None:
         cost = prices.cost(
             priced_model(exchange), usage, provider=exchange.provider, at=exchange.created_at
         )
+    sampled = exchange.provider_usage is not None and estimate is not None
     return RequestRecord(
         id=exchange.id,
         created_at=exchange.created_at,
@@ -95,6 +104,11 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         cost_usd=None if cost is None else cost.usd,
         price_source=None if cost is None else cost.source,
         price_version=None if cost is None else cost.version,
+        estimated_prompt_tokens=estimate.usage.prompt_tokens if sampled and estimate else None,
+        estimated_completion_tokens=(
+            estimate.usage.completion_tokens if sampled and estimate else None
+        ),
+        estimate_excludes=(",".join(estimate.excluded) or None) if estimate else None,
         latency_ms=exchange.latency_ms,
         ttft_ms=exchange.ttft_ms,
         error=exchange.error,
@@ -108,23 +122,30 @@ def meter_batch(
     return [meter(exchange, counter, prices) for exchange in exchanges]
 
 
-def _usage_of(exchange: Exchange, counter: TokenCounter) -> tuple[Usage | None, UsageSource | None]:
-    if exchange.provider_usage is not None:
-        return exchange.provider_usage, "provider"
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    usage: Usage
+    excluded: tuple[str, ...]
+
+
+def _estimate(exchange: Exchange, counter: TokenCounter) -> _Estimate | None:
+    """The local count of a successful exchange; None where the endpoint cannot be counted."""
     body = exchange.request_body
     if body is None or not 200 <= exchange.status_code < 300:
-        return None, None
+        return None
     try:
-        prompt = counter.prompt_tokens(exchange.endpoint, body)
+        prompt = counter.prompt_estimate(exchange.endpoint, body)
         if prompt is None:
-            return None, None
+            return None
         model = exchange.response_model or exchange.model or ""
         completion = counter.completion_tokens(model, exchange.completion_text)
     except Exception:
         # A counting bug must cost one estimate, never the record itself.
         log.exception("token estimate failed for record %s", exchange.id)
-        return None, None
+        return None
     usage = Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        prompt_tokens=prompt.tokens,
+        completion_tokens=completion,
+        total_tokens=prompt.tokens + completion,
     )
-    return usage, "estimated" if exchange.completed else "partial"
+    return _Estimate(usage, prompt.excluded)

@@ -74,6 +74,11 @@ class RequestRecord:
     cost_usd: Decimal | None = None
     price_source: str | None = None
     price_version: str | None = None
+    # The local count beside the provider's, on sampled records (drift), and what any local
+    # count left out (e.g. "image"), so an estimate is never silently low.
+    estimated_prompt_tokens: int | None = None
+    estimated_completion_tokens: int | None = None
+    estimate_excludes: str | None = None
     latency_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None

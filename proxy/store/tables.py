@@ -69,6 +69,9 @@ requests = Table(
     # history can be repriced and a change of price explained.
     Column("price_source", String(32)),
     Column("price_version", String(64)),
+    Column("estimated_prompt_tokens", Integer),
+    Column("estimated_completion_tokens", Integer),
+    Column("estimate_excludes", String(64)),
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),

@@ -1,0 +1,45 @@
+"""``GET /usage/drift``: how far local token estimates can be trusted, per model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, params
+from fastapi.responses import JSONResponse
+
+from proxy.api.usage import _invalid, _parse_time
+from proxy.store.drift import drift_by_model
+from proxy.store.queries import InvalidQuery
+
+
+def drift_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
+    router = APIRouter()
+    router.add_api_route(
+        "/usage/drift", get_drift, methods=["GET"], dependencies=list(dependencies), tags=["usage"]
+    )
+    return router
+
+
+async def get_drift(
+    request: Request,
+    model: Annotated[str | None, Query()] = None,
+    since: Annotated[str | None, Query()] = None,
+    until: Annotated[str | None, Query()] = None,
+) -> JSONResponse:
+    """``{"sample_rate": r, "data": [{"model", "samples", "prompt": {...}, "completion": {...}}]}``.
+
+    Each side has ``provider_tokens``, ``estimated_tokens``, ``drift_pct`` (signed, of the
+    sums) and ``mean_abs_error_pct`` (per request).
+    """
+    try:
+        rows = await drift_by_model(
+            request.app.state.engine,
+            since=_parse_time(since, "since"),
+            until=_parse_time(until, "until"),
+            model=model,
+        )
+    except InvalidQuery as exc:
+        return _invalid(exc)
+    rate = request.app.state.settings.metering.drift_sample_rate
+    return JSONResponse({"sample_rate": rate, "data": rows})
