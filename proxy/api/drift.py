@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
 
-from proxy.api.usage import _invalid, _parse_time
+from proxy.api.params import invalid_query, parse_time
 from proxy.store.drift import drift_by_model
 from proxy.store.queries import InvalidQuery
 
@@ -35,11 +35,11 @@ async def get_drift(
     try:
         rows = await drift_by_model(
             request.app.state.engine,
-            since=_parse_time(since, "since"),
-            until=_parse_time(until, "until"),
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
             model=model,
         )
     except InvalidQuery as exc:
-        return _invalid(exc)
+        return invalid_query(exc)
     rate = request.app.state.settings.metering.drift_sample_rate
     return JSONResponse({"sample_rate": rate, "data": rows})

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
 
+from proxy.api.params import error_json, invalid_query, parse_limit, parse_property, parse_time
 from proxy.api.serialize import record_json, session_json, stats_json, summary_row_json
 from proxy.store.queries import GROUP_BY_CHOICES, InvalidQuery, UsageFilters, UsageQueries
 
@@ -81,20 +81,20 @@ async def list_requests(
 ) -> JSONResponse:
     """Records matching the filters, newest first: ``{"data": [...], "next_cursor": ...}``."""
     try:
-        property_name, property_value = _parse_property(property_)
+        property_name, property_value = parse_property(property_)
         rows, next_cursor = await _queries(request).list_requests(
             session_id=session_id,
             user_id=user_id,
             model=model,
-            since=_parse_time(since, "since"),
-            until=_parse_time(until, "until"),
-            limit=_parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
+            limit=parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
             cursor=cursor,
             property_name=property_name,
             property_value=property_value,
         )
     except InvalidQuery as exc:
-        return _invalid(exc)
+        return invalid_query(exc)
     return JSONResponse({"data": [record_json(r) for r in rows], "next_cursor": next_cursor})
 
 
@@ -102,7 +102,7 @@ async def get_request(request: Request, request_id: str) -> JSONResponse:
     """One record; 404 when the id is unknown."""
     row = await _queries(request).get_request(request_id)
     if row is None:
-        return _error(404, f"no request with id {request_id!r}", "request_id")
+        return error_json(404, f"no request with id {request_id!r}", "request_id")
     return JSONResponse(record_json(row))
 
 
@@ -117,18 +117,18 @@ async def list_sessions(
 ) -> JSONResponse:
     """Session summaries, most recent activity first: ``{"data": [...], "next_cursor": ...}``."""
     try:
-        property_name, property_value = _parse_property(property_)
+        property_name, property_value = parse_property(property_)
         rows, next_cursor = await _queries(request).list_sessions(
             user_id=user_id,
-            since=_parse_time(since, "since"),
-            until=_parse_time(until, "until"),
-            limit=_parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
+            limit=parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
             cursor=cursor,
             property_name=property_name,
             property_value=property_value,
         )
     except InvalidQuery as exc:
-        return _invalid(exc)
+        return invalid_query(exc)
     return JSONResponse({"data": [session_json(r) for r in rows], "next_cursor": next_cursor})
 
 
@@ -136,7 +136,7 @@ async def get_session(request: Request, session_id: str) -> JSONResponse:
     """One session summary; 404 when no request of that session was recorded."""
     row = await _queries(request).get_session(session_id)
     if row is None:
-        return _error(404, f"no session with id {session_id!r}", "session_id")
+        return error_json(404, f"no session with id {session_id!r}", "session_id")
     return JSONResponse(session_json(row))
 
 
@@ -153,7 +153,7 @@ async def summary(
 ) -> JSONResponse:
     """Totals per group: ``{"group_by": G, "data": [{"key": ..., "requests": ...}, ...]}``."""
     try:
-        property_name, property_value = _parse_property(property_)
+        property_name, property_value = parse_property(property_)
         if not group_by:
             choices = ", ".join((*GROUP_BY_CHOICES, "property:<name>"))
             raise InvalidQuery(f"group_by is required: one of {choices}", "group_by")
@@ -161,71 +161,18 @@ async def summary(
             session_id=session_id,
             user_id=user_id,
             model=model,
-            since=_parse_time(since, "since"),
-            until=_parse_time(until, "until"),
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
             property_name=property_name,
             property_value=property_value,
         )
-        max_groups = _parse_limit(limit, MAX_SUMMARY_GROUPS, MAX_SUMMARY_GROUPS)
+        max_groups = parse_limit(limit, MAX_SUMMARY_GROUPS, MAX_SUMMARY_GROUPS)
         rows = await _queries(request).summary(group_by, filters, limit=max_groups)
     except InvalidQuery as exc:
-        return _invalid(exc)
+        return invalid_query(exc)
     return JSONResponse({"group_by": group_by, "data": [summary_row_json(r) for r in rows]})
 
 
 def _queries(request: Request) -> UsageQueries:
     queries: UsageQueries = request.app.state.queries
     return queries
-
-
-def _parse_limit(value: str | None, maximum: int, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= maximum:
-        raise InvalidQuery(f"invalid limit {value!r}: an integer from 1 to {maximum}", "limit")
-    return limit
-
-
-def _parse_property(value: str | None) -> tuple[str | None, str | None]:
-    """``name:value`` (split at the first colon) -> (name, value); the name is lower-cased."""
-    if value is None:
-        return None, None
-    name, colon, wanted = value.partition(":")
-    if not colon or not name:
-        raise InvalidQuery(
-            f"invalid property {value!r}: use name:value, e.g. property=env:prod", "property"
-        )
-    return name.lower(), wanted
-
-
-def _parse_time(value: str | None, param: str) -> datetime | None:
-    """ISO-8601 date or datetime; without an offset it is UTC."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidQuery(
-            f"invalid {param} {value!r}: use ISO-8601, e.g. 2025-01-31T13:00:00Z", param
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _invalid(exc: InvalidQuery) -> JSONResponse:
-    return _error(400, exc.message, exc.param)
-
-
-def _error(status: int, message: str, param: str | None) -> JSONResponse:
-    body = {
-        "error": {
-            "message": message,
-            "type": "invalid_request_error",
-            "param": param,
-            "code": None,
-        }
-    }
-    return JSONResponse(body, status_code=status)
