@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
-import httpx
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
@@ -19,7 +18,7 @@ from proxy.api.usage import usage_router
 from proxy.config import Settings
 from proxy.dashboard import dashboard_router
 from proxy.errors import Unauthorized, install_error_handlers
-from proxy.forward import Forwarder, upstream_timeout
+from proxy.forward import Forwarder
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
@@ -30,6 +29,7 @@ from proxy.store.queries import UsageQueries
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
 from proxy.tokens import TokenCounter
+from proxy.upstream_client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +101,10 @@ async def _proxy(request: Request) -> Response:
     return await forwarder.handle(request)
 
 
-def _upstream_client(settings: Settings) -> httpx.AsyncClient:
+def _upstream_client(settings: Settings) -> UpstreamClient:
+    # Per-request timeouts come from each route; the pool is shared by all of them.
     upstream = settings.upstream
-    limits = httpx.Limits(
-        max_connections=upstream.max_connections,
-        max_keepalive_connections=upstream.max_connections,
-    )
-    return httpx.AsyncClient(
-        timeout=upstream_timeout(upstream),
-        limits=limits,
-        trust_env=upstream.trust_env,
-        follow_redirects=False,
-    )
+    return UpstreamClient(upstream.max_connections, trust_env=upstream.trust_env)
 
 
 def _admin_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:

@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
-import httpx
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,6 +42,15 @@ from proxy.session_costs import SessionCosts
 from proxy.streaming import PassthroughStream
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
+from proxy.upstream_client import (
+    Timeouts,
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamHTTPError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    timeouts_of,
+)
 from proxy.usage import usage_from_payload
 
 log = logging.getLogger(__name__)
@@ -57,7 +66,7 @@ class Forwarder:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         routes: Sequence[UpstreamSettings],
         sink: ExchangeSink,
         prices: PriceBook,
@@ -112,23 +121,20 @@ class Forwarder:
             sample_estimate=self.drift_sample_rate > random.random(),
         )
         where = target(upstream, request.path_params["path"], plan.model)
-        query = httpx.QueryParams(request.url.query).merge(where.query)
-        upstream_request = self.client.build_request(
-            request.method,
-            where.url,
-            params=query,
-            headers=upstream_headers(
-                headers, credential_headers(upstream, headers), upstream.headers, plan.stream
-            ),
-            content=plan.body,
-            timeout=upstream_timeout(upstream),
-        )
         try:
-            response = await self.client.send(upstream_request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self.client.send(
+                request.method,
+                _with_query(where.url, request.url.query, where.query),
+                upstream_headers(
+                    headers, credential_headers(upstream, headers), upstream.headers, plan.stream
+                ),
+                plan.body,
+                upstream_timeout(upstream),
+            )
+        except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
         exchange.status_code = response.status_code
-        content_type = response.headers.get("content-type", "")
+        content_type = response.header("content-type")
         if "text/event-stream" in content_type:
             return self._stream(response, exchange, plan, started)
         if "json" in content_type:
@@ -136,7 +142,7 @@ class Forwarder:
         return self._stream(response, exchange, None, started)
 
     def _upstream_failed(
-        self, exchange: Exchange, started: float, exc: httpx.HTTPError
+        self, exchange: Exchange, started: float, exc: UpstreamHTTPError
     ) -> Response:
         error = _describe_upstream_error(exc, exchange.upstream)
         exchange.status_code = error.status_code
@@ -147,14 +153,14 @@ class Forwarder:
         return error_response(error, {REQUEST_ID_HEADER: exchange.id})
 
     async def _buffered(
-        self, response: httpx.Response, exchange: Exchange, started: float
+        self, response: UpstreamResponse, exchange: Exchange, started: float
     ) -> Response:
         try:
-            content = await response.aread()
-        except httpx.HTTPError as exc:
+            content = await response.read()
+        except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
         finally:
-            await response.aclose()
+            response.close()
         exchange.latency_ms = elapsed_ms(started)
         exchange.completed = True
         headers = _headers_without_encoding(response)
@@ -187,7 +193,7 @@ class Forwarder:
 
     def _stream(
         self,
-        response: httpx.Response,
+        response: UpstreamResponse,
         exchange: Exchange,
         plan: RequestPlan | None,
         started: float,
@@ -207,14 +213,17 @@ class Forwarder:
         return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
 
 
-def upstream_timeout(upstream: UpstreamSettings) -> httpx.Timeout:
+def upstream_timeout(upstream: UpstreamSettings) -> Timeouts:
     """The upstream's own connect and read timeouts; a silent upstream gets a 504."""
-    return httpx.Timeout(
-        connect=upstream.connect_timeout,
-        read=upstream.read_timeout,
-        write=upstream.read_timeout,
-        pool=upstream.connect_timeout,
-    )
+    return timeouts_of(upstream)
+
+
+def _with_query(url: str, client_query: str, route_query: dict[str, str]) -> str:
+    """The upstream URL with the client's query string, the route's parameters winning."""
+    if route_query:
+        kept = [(k, v) for k, v in parse_qsl(client_query, True) if k not in route_query]
+        client_query = urlencode([*kept, *route_query.items()])
+    return f"{url}?{client_query}" if client_query else url
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -231,9 +240,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _headers_without_encoding(response: httpx.Response) -> list[tuple[str, str]]:
-    # httpx hands over decoded bytes, so the upstream's content-encoding no longer applies.
-    pairs = client_headers(response.headers.multi_items())
+def _headers_without_encoding(response: UpstreamResponse) -> list[tuple[str, str]]:
+    # The client hands over decoded bytes, so the upstream's content-encoding no longer applies.
+    pairs = client_headers(response.headers)
     return [(name, value) for name, value in pairs if name != "content-encoding"]
 
 
@@ -252,11 +261,9 @@ def _upstream_error_message(payload: dict[str, Any] | None, status: int) -> str:
     return f"upstream {status}"
 
 
-def _describe_upstream_error(exc: httpx.HTTPError, upstream: str) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(
-            f"the upstream {upstream} did not answer in time ({type(exc).__name__})"
-        )
-    if isinstance(exc, httpx.ConnectError):
+def _describe_upstream_error(exc: UpstreamHTTPError, upstream: str) -> UpstreamError:
+    if isinstance(exc, UpstreamTimeoutError):
+        return UpstreamTimeout(f"the upstream {upstream} did not answer in time ({exc.kind})")
+    if isinstance(exc, UpstreamConnectError):
         return UpstreamUnreachable(f"cannot connect to the upstream {upstream}: is it running?")
-    return UpstreamUnreachable(f"the upstream {upstream} failed: {type(exc).__name__}: {exc}")
+    return UpstreamUnreachable(f"the upstream {upstream} failed: {exc.kind}: {exc}")

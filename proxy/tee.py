@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import httpx
 import orjson
 
 from proxy.metering import priced_model, wants_estimate
@@ -15,6 +14,7 @@ from proxy.pricing import PriceBook
 from proxy.records import Exchange
 from proxy.session_costs import SessionCosts
 from proxy.sse import SSESplitter, event_fields, parse_event_json
+from proxy.upstream_client import UpstreamHTTPError, UpstreamResponse
 from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
 _USAGE_NULL = b',"usage":null'
@@ -38,7 +38,7 @@ class StreamTee:
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: UpstreamResponse,
         exchange: Exchange,
         *,
         watch_events: bool,
@@ -64,7 +64,7 @@ class StreamTee:
         """The bytes for the client; upstream failures end the stream and are noted."""
         exchange = self.exchange
         try:
-            async for chunk in self.response.aiter_bytes():
+            async for chunk in self.response.chunks():
                 if exchange.ttft_ms is None:
                     exchange.ttft_ms = elapsed_ms(self.started)
                 if not self.watch_events:
@@ -88,8 +88,8 @@ class StreamTee:
                     yield await self._tally_comment()
             # The connection ended cleanly; the answer is whole only if it said it was finished.
             exchange.completed = self.accumulator.finished or not self.watch_events
-        except httpx.HTTPError as exc:
-            exchange.error = f"upstream stream broken: {type(exc).__name__}: {exc}"[:500]
+        except UpstreamHTTPError as exc:
+            exchange.error = f"upstream stream broken: {exc.kind}: {exc}"[:500]
 
     def _pass_through(self, chunk: bytes) -> tuple[list[bytes], int | None]:
         self._observe(self.splitter.feed(chunk))
@@ -142,7 +142,7 @@ class StreamTee:
     async def finish(self, client_gone: bool) -> None:
         """Called once however the stream ended: release the upstream, file the exchange."""
         exchange = self.exchange
-        await self.response.aclose()
+        self.response.close()
         exchange.latency_ms = elapsed_ms(self.started)
         if not exchange.completed and exchange.error is None:
             exchange.error = (
