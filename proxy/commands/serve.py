@@ -1,12 +1,19 @@
-"""``tallyproxy serve``: run the proxy."""
+"""``tallyproxy serve``: run the proxy, in one process or as ``--workers N`` processes."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from proxy.commands.common import database_flags
-from proxy.config import Settings
+from proxy.config import ENV_KEYS, Settings, load_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def register(commands: Any) -> None:
@@ -18,6 +25,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--upstream", help="upstream base URL (default https://api.openai.com/v1)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port and the database (default 1)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -26,12 +39,48 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from proxy.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace),
-    )
+    options: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_level": settings.server.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.server.shutdown_grace),
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    if args.workers <= 1:
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="tallyproxy-") as private:
+        _hand_settings_to_workers(settings, Path(private))
+        uvicorn.run(
+            "proxy.commands.serve:worker_app", factory=True, workers=args.workers, **options
+        )
     return 0
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``--workers`` process, from the settings its parent resolved."""
+    from proxy.app import create_app
+
+    return create_app(load_settings())
+
+
+def _hand_settings_to_workers(settings: Settings, directory: Path) -> None:
+    """Write the resolved settings where each worker's ``load_settings()`` will find them.
+
+    Workers are fresh interpreters: they get the file through ``TALLYPROXY_CONFIG``, and the
+    other ``TALLYPROXY_*`` variables are removed because the file already holds their effect
+    (re-applying them would undo command-line flags). Keys named by ``api_key_env`` stay in
+    the environment; other keys are in the file, which only this user can read.
+    """
+    data = settings.model_dump(mode="json", exclude_defaults=True)
+    for route in [data.get("upstream"), *data.get("upstreams", [])]:
+        if isinstance(route, dict) and route.get("api_key_env"):
+            route.pop("api_key", None)
+    path = directory / "settings.yaml"
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    for name in ENV_KEYS:
+        os.environ.pop(name, None)
+    os.environ["TALLYPROXY_CONFIG"] = str(path)
