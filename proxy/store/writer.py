@@ -1,10 +1,10 @@
 """The batch writer: the only code that writes records to the database.
 
 Request handlers ``submit()`` items without awaiting anything; one background task turns
-them into records (off the event loop) and writes them in batches. Writes are idempotent:
-a record id already stored is skipped, and session totals only grow by the rows that were
-actually inserted, so replaying a batch, or several replicas sharing one Postgres, never
-counts a request twice.
+them into records (off the event loop) and writes them in batches with ``write_records``
+(``proxy.store.rows``), which is idempotent: replaying a batch, or several replicas sharing
+one Postgres, never counts a request twice. ``record_row`` and ``write_records`` are
+re-exported here for the callers that import them from this module.
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import String, case, func
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.records import RequestRecord
+from proxy.store.rows import is_permanent, record_row, write_records
 from proxy.store.spool import Spool
-from proxy.store.tables import TOKEN_FIELDS, requests, sessions
-from proxy.store.types import EXACT
+
+__all__ = ["RecordWriter", "record_row", "write_records"]
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +317,7 @@ class RecordWriter(Generic[T]):
                 # The boundary between the writer and the database: anything can fail here
                 # (network, failover, disk full). Keep the batch and try again, unless the
                 # data itself is refused: then retrying would block the queue forever.
-                if _is_permanent(exc):
+                if is_permanent(exc):
                     await self._write_one_by_one(records)
                     return
                 self.failed_batches += 1
@@ -352,7 +349,7 @@ class RecordWriter(Generic[T]):
         try:
             inserted = await write_records(self._engine, [record])
         except Exception as exc:
-            if _is_permanent(exc):
+            if is_permanent(exc):
                 raise
             await self._write_with_retry([record])  # transient: the usual retry loop
             return
@@ -448,7 +445,7 @@ class RecordWriter(Generic[T]):
         except Exception as exc:
             # The boundary between the writer and the database: anything can fail here
             # (network, failover, lock timeouts, disk full).
-            if not _is_permanent(exc):
+            if not is_permanent(exc):
                 self._database_failed(exc, len(records))
                 return records
         # Some value is refused: isolate it, or retrying would block the queue forever.
@@ -456,7 +453,7 @@ class RecordWriter(Generic[T]):
             try:
                 await self._insert([record])
             except Exception as exc:
-                if not _is_permanent(exc):
+                if not is_permanent(exc):
                     self._database_failed(exc, len(records) - index)
                     return records[index:]
                 self.dropped_total += 1
@@ -521,147 +518,3 @@ def _describe(exc: Exception, write_timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {write_timeout}s"
     return f"{type(exc).__name__}: {str(exc)[:300]}"
-
-
-def _is_permanent(exc: Exception) -> bool:
-    """Errors about the values themselves, which no retry will fix."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    if isinstance(exc, DBAPIError):
-        # asyncpg's errors reach SQLAlchemy as plain DBAPIError; their SQLSTATE tells.
-        # Class 22 is "data exception", 23 "integrity constraint violation".
-        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        return sqlstate[:2] in ("22", "23")
-    # Raised while binding values (e.g. a float where money must be Decimal).
-    return isinstance(exc, StatementError)
-
-
-async def write_records(engine: AsyncEngine, records: Sequence[RequestRecord]) -> int:
-    """Insert ``records`` and add the new ones to their session totals, in one transaction.
-
-    Returns how many rows were inserted; ids already present are skipped and not counted.
-    """
-    if not records:
-        return 0
-    # Unique and sorted by id: a duplicate inside the batch must not be summed twice, and a
-    # fixed insertion order keeps concurrent writers from deadlocking on each other's rows.
-    rows = sorted({r.id: record_row(r) for r in records}.values(), key=lambda row: row["id"])
-    async with engine.begin() as connection:
-        inserted_ids = await _insert_requests(connection, rows)
-        inserted = [row for row in rows if row["id"] in inserted_ids]
-        await _upsert_sessions(connection, inserted)
-    return len(inserted_ids)
-
-
-def record_row(record: RequestRecord) -> dict[str, Any]:
-    """The ``requests`` row for one record: usage flattened, null token counts without usage."""
-    usage = record.usage
-    row: dict[str, Any] = {
-        "id": record.id,
-        "created_at": record.created_at,
-        "endpoint": record.endpoint,
-        "method": record.method,
-        "status_code": record.status_code,
-        "stream": record.stream,
-        "model": record.model,
-        "response_model": record.response_model,
-        "upstream": record.upstream,
-        "session_id": record.session_id,
-        "user_id": record.user_id,
-        "properties": dict(record.properties),
-        "usage_source": record.usage_source,
-        "cost_usd": record.cost_usd,
-        "price_source": record.price_source,
-        "price_version": record.price_version,
-        "estimated_prompt_tokens": record.estimated_prompt_tokens,
-        "estimated_completion_tokens": record.estimated_completion_tokens,
-        "estimate_excludes": record.estimate_excludes,
-        "latency_ms": record.latency_ms,
-        "ttft_ms": record.ttft_ms,
-        "error": record.error,
-    }
-    for name in TOKEN_FIELDS:
-        row[name] = None if usage is None else getattr(usage, name)
-    for column in requests.columns:
-        # Client-supplied text (model, user) may exceed a bounded column: clip, don't fail.
-        value = row[column.name]
-        if isinstance(column.type, String) and column.type.length and isinstance(value, str):
-            row[column.name] = value[: column.type.length]
-    return row
-
-
-def _insert(connection: AsyncConnection, table: Any) -> Any:
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
-async def _insert_requests(connection: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
-    statement = (
-        _insert(connection, requests)
-        .on_conflict_do_nothing(index_elements=[requests.c.id])
-        .returning(requests.c.id)
-    )
-    result = await connection.execute(statement, rows)
-    return set(result.scalars().all())
-
-
-def _session_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sum the rows of each session of one batch, so each session is upserted once."""
-    totals: dict[str, dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: (r["created_at"], r["id"])):
-        session_id = row["session_id"]
-        if session_id is None:
-            continue
-        total = totals.get(session_id)
-        if total is None:
-            total = totals[session_id] = {
-                "session_id": session_id,
-                "user_id": None,
-                "requests": 0,
-                **dict.fromkeys(TOKEN_FIELDS, 0),
-                "cost_usd": None,
-                "unpriced_requests": 0,
-                "first_request_at": row["created_at"],
-                "last_request_at": row["created_at"],
-            }
-        total["requests"] += 1
-        for name in TOKEN_FIELDS:
-            total[name] += row[name] or 0
-        cost: Decimal | None = row["cost_usd"]
-        if cost is None:
-            total["unpriced_requests"] += 1
-        else:
-            known = total["cost_usd"]
-            total["cost_usd"] = cost if known is None else EXACT.add(known, cost)
-        total["last_request_at"] = row["created_at"]
-        if row["user_id"] is not None:
-            total["user_id"] = row["user_id"]
-    # A fixed order of row locks across replicas avoids deadlocks between concurrent batches.
-    return [totals[key] for key in sorted(totals)]
-
-
-async def _upsert_sessions(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    totals = _session_totals(rows)
-    if not totals:
-        return
-    statement = _insert(connection, sessions)
-    new = statement.excluded
-    old = sessions.c
-    additive = ("requests", *TOKEN_FIELDS, "unpriced_requests")
-    newer = new.last_request_at >= old.last_request_at
-    updates: dict[str, Any] = {name: old[name] + new[name] for name in additive}
-    updates |= {
-        # null + x is null in SQL: the coalesce chain keeps whichever side is known.
-        "cost_usd": func.coalesce(old.cost_usd + new.cost_usd, old.cost_usd, new.cost_usd),
-        "user_id": case(
-            (newer & new.user_id.is_not(None), new.user_id),
-            else_=func.coalesce(old.user_id, new.user_id),
-        ),
-        "first_request_at": case(
-            (new.first_request_at < old.first_request_at, new.first_request_at),
-            else_=old.first_request_at,
-        ),
-        "last_request_at": case((newer, new.last_request_at), else_=old.last_request_at),
-    }
-    statement = statement.on_conflict_do_update(index_elements=[old.session_id], set_=updates)
-    await connection.execute(statement, totals)
