@@ -103,3 +103,28 @@ def parse_event_json(data: str) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def event_json(raw: bytes) -> tuple[str | None, dict[str, Any] | None, bool]:
+    """The ``event:`` type of one raw event, its data as a JSON object, and whether it is
+    ``[DONE]``; the same answers as ``event_fields`` then ``parse_event_json``.
+
+    The common shape, a single ``data:`` line and a blank line, is read straight from the
+    bytes: no decoding, no line splitting. Anything else takes the general path.
+    """
+    end = len(raw) - 2
+    if raw.startswith(b"data: ") and raw.find(b"\n") == end and raw[end + 1] == 0x0A:
+        payload = raw[6:end]
+        if b"\r" not in payload:
+            if payload == b"[DONE]":
+                return None, None, True
+            try:
+                parsed = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                pass  # perhaps bytes that are not UTF-8, which the general path replaces
+            else:
+                return None, (parsed if isinstance(parsed, dict) else None), False
+    event_type, data = event_fields(raw)
+    if data is None:
+        return event_type, None, False
+    return event_type, parse_event_json(data), data == "[DONE]"

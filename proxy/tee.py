@@ -13,7 +13,7 @@ from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
 from proxy.session_costs import SessionCosts
-from proxy.sse import SSESplitter, event_fields, parse_event_json
+from proxy.sse import SSESplitter, event_json
 from proxy.upstream_client import UpstreamHTTPError, UpstreamResponse
 from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
@@ -103,10 +103,9 @@ class StreamTee:
         kept: list[bytes] = []
         done_at: int | None = None
         for raw in events:
-            event_type, data = event_fields(raw)
-            if data == "[DONE]" and done_at is None:
+            event_type, event, done = event_json(raw)
+            if done and done_at is None:
                 done_at = len(kept)
-            event = parse_event_json(data) if data is not None else None
             if event is not None:
                 self.accumulator.feed(event, event_type)
                 if self.strip_usage:

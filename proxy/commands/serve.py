@@ -13,7 +13,7 @@ from proxy.commands.common import database_flags
 from proxy.config import ENV_KEYS, Settings, load_settings
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from proxy.fastpath import ProxyFastPath
 
 
 def register(commands: Any) -> None:
@@ -38,6 +38,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.fastpath import ProxyFastPath
 
     options: dict[str, Any] = {
         "host": settings.server.host,
@@ -49,7 +50,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         "http": "httptools",
     }
     if args.workers <= 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(ProxyFastPath(create_app(settings)), **options)
         return 0
     with tempfile.TemporaryDirectory(prefix="tallyproxy-") as private:
         _hand_settings_to_workers(settings, Path(private))
@@ -59,11 +60,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> ProxyFastPath:
     """The app of one ``--workers`` process, from the settings its parent resolved."""
     from proxy.app import create_app
+    from proxy.fastpath import ProxyFastPath
 
-    return create_app(load_settings())
+    return ProxyFastPath(create_app(load_settings()))
 
 
 def _hand_settings_to_workers(settings: Settings, directory: Path) -> None:
