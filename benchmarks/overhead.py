@@ -356,8 +356,9 @@ def main() -> int:
     proxy_cmd = [
         sys.executable, "-m", "proxy", "serve", "--config", str(config),
         "--port", str(proxy_port), "--database-url", database_url, "--log-level", "warning",
-        "--workers", str(args.workers),
     ]  # fmt: skip
+    if args.workers > 1:
+        proxy_cmd += ["--workers", str(args.workers)]
     proxy = subprocess.Popen(proxy_cmd, cwd=tmp)
     print(
         f"upstream: {'nginx' if use_nginx else 'python canned_upstream'}; load: "
