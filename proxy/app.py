@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,6 +76,10 @@ def create_app(settings: Settings) -> FastAPI:
         for route in settings.routes:
             models = ", ".join(route.models) or "every other model"
             log.info("upstream %s (%s) at %s serves %s", route.name, route.kind, route.url, models)
+        # What start-up built (price data, routes, pools) lives as long as the process: moved
+        # out of the collector's sight, old-generation collections stop scanning it per pause.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -3,8 +3,11 @@
 The database holds the session total of every record the writers have stored. Records of
 this process still on their way (queued, in a batch, in the spool) are kept here by id until
 the database shows them. One statement reads both the stored total and which of those ids are
-stored, so a batch committed meanwhile is counted exactly once. Records of other replicas not
-stored yet (at most a flush interval's worth) are not seen.
+stored, so a batch committed meanwhile is counted exactly once.
+
+The database is read once per session per ``refresh`` seconds, not per request: between
+reads, the stored total read last plus this process's records since is exact for this
+process. Records of other replicas show up at the next read.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import literal, null, select, union_all
@@ -29,22 +33,33 @@ MAX_PENDING_AGE = 900.0
 """Seconds after which an unseen record is forgotten (the database was down that long)."""
 
 
+@dataclass
+class _Session:
+    stored: Decimal | None = None
+    read_at: float | None = None
+    # record id -> (cost, when noted): this process's records not seen stored at the last read.
+    pending: dict[str, tuple[Decimal, float]] = field(default_factory=dict)
+
+    def total(self) -> Decimal:
+        total = self.stored or Decimal(0)
+        for cost, _ in self.pending.values():
+            total = EXACT.add(total, cost)
+        return total
+
+
 class SessionCosts:
     """Running session totals for ``X-Tally-Session-Cost-USD`` and the stream's tally."""
 
-    def __init__(self, engine: AsyncEngine, timeout: float = 0.25) -> None:
+    def __init__(self, engine: AsyncEngine, timeout: float = 0.25, refresh: float = 5.0) -> None:
         self._engine = engine
         self._timeout = timeout
-        # session id -> record id -> (cost, when noted); least recently used session first.
-        self._pending: OrderedDict[str, dict[str, tuple[Decimal, float]]] = OrderedDict()
+        self._refresh = refresh
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
 
     def note(self, session_id: str, record_id: str, cost: Decimal) -> None:
         """Remember a priced record of the session that the database may not have yet."""
-        records = self._pending.pop(session_id, None) or {}
-        records[record_id] = (cost, time.monotonic())
-        self._pending[session_id] = records
-        while len(self._pending) > MAX_SESSIONS:
-            self._pending.popitem(last=False)
+        session = self._session(session_id)
+        session.pending[record_id] = (cost, time.monotonic())
 
     async def running_total(self, exchange: Exchange) -> Decimal | None:
         """The cost of the exchange's session including the exchange, when both are known."""
@@ -55,34 +70,39 @@ class SessionCosts:
 
     async def total(self, session_id: str) -> Decimal | None:
         """The session's cost including every noted record; None when the database is slow."""
+        session = self._session(session_id)
+        now = time.monotonic()
+        if session.read_at is not None and now - session.read_at < self._refresh:
+            return session.total()
         try:
-            return await asyncio.wait_for(self._total(session_id), self._timeout)
+            await asyncio.wait_for(self._reread(session_id, session), self._timeout)
         except TimeoutError:
             log.warning("session cost of %r not read within %.2fs", session_id, self._timeout)
+            return None
         except Exception as exc:
             # A header is a courtesy: a database problem must not fail the request.
             log.warning("session cost of %r not read: %s", session_id, exc)
-        return None
+            return None
+        return session.total()
 
-    async def _total(self, session_id: str) -> Decimal:
-        records = self._pending.get(session_id, {})
+    def _session(self, session_id: str) -> _Session:
+        session = self._sessions.pop(session_id, None) or _Session()
+        self._sessions[session_id] = session
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return session
+
+    async def _reread(self, session_id: str, session: _Session) -> None:
         now = time.monotonic()
-        for record_id in [r for r, (_, at) in records.items() if now - at > MAX_PENDING_AGE]:
-            del records[record_id]
-        waiting = list(records)
+        pending = session.pending
+        for record_id in [r for r, (_, at) in pending.items() if now - at > MAX_PENDING_AGE]:
+            del pending[record_id]
+        waiting = list(pending)
         stored_total, stored_ids = await self._read(session_id, waiting)
-        total = stored_total or Decimal(0)
-        for record_id in waiting:
-            entry = records.get(record_id)
-            if entry is None:
-                continue
-            if record_id in stored_ids:
-                del records[record_id]
-            else:
-                total = EXACT.add(total, entry[0])
-        if not records:
-            self._pending.pop(session_id, None)
-        return total
+        for record_id in stored_ids:
+            pending.pop(record_id, None)
+        session.stored = stored_total
+        session.read_at = now
 
     async def _read(
         self, session_id: str, record_ids: list[str]

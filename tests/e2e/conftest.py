@@ -15,6 +15,7 @@ import pytest
 
 from proxy.app import create_app
 from proxy.config import Settings, load_settings
+from proxy.fastpath import ProxyFastPath
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import run_asgi_server_async
 
@@ -78,7 +79,9 @@ async def sqlite_proxy(fake_upstream: FakeUpstream, tmp_path: Any) -> AsyncItera
 class start_proxy:  # lower case: used like a function, `async with start_proxy(settings)`
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server = run_asgi_server_async(create_app(settings), graceful_timeout=5.0)
+        # What `tallyproxy serve` runs: the app behind its /v1 fast path.
+        app = ProxyFastPath(create_app(settings))
+        self.server = run_asgi_server_async(app, graceful_timeout=5.0)
 
     async def __aenter__(self) -> RunningProxy:
         url = await self.server.__aenter__()
