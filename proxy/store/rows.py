@@ -67,7 +67,7 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "upstream": record.upstream,
         "session_id": record.session_id,
         "user_id": record.user_id,
-        "properties": dict(record.properties),
+        "properties": {_text(k): _text(v) for k, v in record.properties.items()},
         "usage_source": record.usage_source,
         "cost_usd": record.cost_usd,
         "price_source": record.price_source,
@@ -82,11 +82,19 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
     for name in TOKEN_FIELDS:
         row[name] = None if usage is None else getattr(usage, name)
     for column in requests.columns:
-        # Client-supplied text (model, user) may exceed a bounded column: clip, don't fail.
+        # Client-supplied text (model, user, path) may hold NUL or exceed a bounded column:
+        # Postgres refuses both, which would lose the record. Replace and clip, don't fail.
         value = row[column.name]
-        if isinstance(column.type, String) and column.type.length and isinstance(value, str):
-            row[column.name] = value[: column.type.length]
+        if isinstance(value, str):
+            value = row[column.name] = _text(value)
+            if isinstance(column.type, String) and column.type.length:
+                row[column.name] = value[: column.type.length]
     return row
+
+
+def _text(value: str) -> str:
+    """``value`` storable in Postgres text and JSONB, which cannot hold U+0000."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _insert(connection: AsyncConnection, table: Any) -> Any:

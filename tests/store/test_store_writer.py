@@ -147,6 +147,24 @@ async def test_session_totals_are_exact(engine: AsyncEngine, writers: Any) -> No
     assert session["last_request_at"] == make_record(minutes=201).created_at
 
 
+async def test_nul_characters_from_clients_do_not_lose_the_record(engine: AsyncEngine) -> None:
+    # Postgres text and JSONB cannot hold U+0000; a body's model or user, or a path, can.
+    record = make_record(model="gpt\x00-4o", user_id="al\x00ice", session_id="s\x00")
+    record.endpoint = "/v1/chat\x00"
+    record.properties = {"k\x00": "v\x00"}
+    assert await write_records(engine, [record]) == 1
+    async with engine.connect() as connection:
+        row = (await connection.execute(sa.select(requests))).mappings().one()
+        session = (await connection.execute(sa.select(sessions))).mappings().one()
+    assert (row["model"], row["user_id"], row["endpoint"]) == (
+        "gpt\ufffd-4o",
+        "al\ufffdice",
+        "/v1/chat\ufffd",
+    )
+    assert row["properties"] == {"k\ufffd": "v\ufffd"}
+    assert session["session_id"] == "s\ufffd" and session["requests"] == 1
+
+
 async def test_session_cost_is_null_until_one_request_is_priced(engine: AsyncEngine) -> None:
     queries = UsageQueries(engine)
     await write_records(engine, [make_record(cost_usd=None)])
