@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from proxy.access.gate import Gate
+from proxy.access.guard import admin_guard, usage_guard
+from proxy.api.admin import admin_router
 from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
 from proxy.api.usage import usage_router
 from proxy.config import Settings
 from proxy.dashboard import dashboard_router
-from proxy.errors import Unauthorized, install_error_handlers
+from proxy.errors import install_error_handlers
 from proxy.forward import Forwarder
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
 from proxy.session_costs import SessionCosts
+from proxy.store.access import KeyStore
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
@@ -64,6 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.writer = writer
         app.state.queries = UsageQueries(engine)
         app.state.prices = prices
+        app.state.keys = KeyStore(engine)
+        app.state.gate = Gate(
+            app.state.keys,
+            require_virtual_keys=settings.access.require_virtual_keys,
+            cache_seconds=settings.access.key_cache_seconds,
+        )
         app.state.forwarder = Forwarder(
             client,
             settings.routes,
@@ -72,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
             SessionCosts(engine),
             settings.server.max_body_bytes,
             settings.metering.drift_sample_rate,
+            gate=app.state.gate,
         )
         for route in settings.routes:
             models = ", ".join(route.models) or "every other model"
@@ -89,8 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    guard = [Depends(_admin_guard(settings.admin_token))]
-    app.include_router(usage_router(dependencies=guard))
+    guard = [Depends(admin_guard(settings.admin_token))]
+    app.include_router(usage_router(dependencies=[Depends(usage_guard(settings.admin_token))]))
+    app.include_router(admin_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
     app.include_router(metrics_router(dependencies=guard))
     app.include_router(drift_router(dependencies=guard))
@@ -110,16 +121,3 @@ def _upstream_client(settings: Settings) -> UpstreamClient:
     # Per-request timeouts come from each route; the pool is shared by all of them.
     upstream = settings.upstream
     return UpstreamClient(upstream.max_connections, trust_env=upstream.trust_env)
-
-
-def _admin_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
-    """Once an admin token is configured, the usage API wants it as a bearer token."""
-
-    async def guard(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("the usage API needs 'Authorization: Bearer <admin token>'")
-
-    return guard

@@ -160,6 +160,13 @@ class MeteringSettings(_Section):
     drift_sample_rate: float = Field(default=0.05, ge=0, le=1)
 
 
+class AccessSettings(_Section):
+    """Virtual keys: whether they are required, and how long a replica trusts a lookup."""
+
+    require_virtual_keys: bool = False
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
+
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key.
 
@@ -171,6 +178,7 @@ class Settings(_Section):
     upstreams: tuple[UpstreamSettings, ...] = ()
     database: DatabaseSettings = DatabaseSettings()
     metering: MeteringSettings = MeteringSettings()
+    access: AccessSettings = AccessSettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None

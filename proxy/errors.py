@@ -4,9 +4,14 @@
     ├── ClientError                 4xx: the request is at fault
     │   ├── InvalidRequest          400: unreadable body, bad tag header, bad query parameter
     │   ├── Unauthorized            401: the usage API needs the admin token
+    │   │   └── InvalidApiKey       401: unknown, revoked or expired virtual key
+    │   ├── Forbidden               403: the credentials do not reach this far
+    │   │   └── ModelNotAllowed     403: the virtual key may not call the model
     │   ├── NotFound                404
     │   ├── ModelNotRouted          404: no configured upstream serves the model
-    │   └── BodyTooLarge            413
+    │   ├── BodyTooLarge            413
+    │   └── BudgetExceeded          429: a budget would be exceeded; names the budget
+    ├── MissingUpstreamKey          500: a virtual key, but the upstream has no key configured
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
         └── UpstreamTimeout         504
@@ -52,6 +57,20 @@ class Unauthorized(ClientError):
     code = "invalid_admin_token"
 
 
+class InvalidApiKey(Unauthorized):
+    code = "invalid_api_key"
+
+
+class Forbidden(ClientError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+class ModelNotAllowed(Forbidden):
+    code = "model_not_allowed"
+
+
 class NotFound(ClientError):
     status_code = 404
     code = "not_found"
@@ -64,6 +83,16 @@ class ModelNotRouted(NotFound):
 class BodyTooLarge(ClientError):
     status_code = 413
     code = "request_too_large"
+
+
+class BudgetExceeded(ClientError):
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class MissingUpstreamKey(TallyError):
+    code = "upstream_key_missing"
 
 
 class UpstreamError(TallyError):

@@ -14,6 +14,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.access.gate import Gate
+from proxy.access.keys import VirtualKey
 from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
@@ -73,6 +75,8 @@ class Forwarder:
         session_costs: SessionCosts,
         max_body_bytes: int,
         drift_sample_rate: float = 0.0,
+        *,
+        gate: Gate | None = None,
     ) -> None:
         self.client = client
         self.routes = tuple(routes)
@@ -81,6 +85,8 @@ class Forwarder:
         self.session_costs = session_costs
         self.drift_sample_rate = drift_sample_rate
         self.max_body_bytes = max_body_bytes
+        # Without a gate of the app's, virtual keys are unknown and pass-through stays open.
+        self.gate = gate if gate is not None else Gate(None)
 
     async def handle(self, request: Request) -> Response:
         """The endpoint behind ``/v1/{path}``."""
@@ -94,6 +100,9 @@ class Forwarder:
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
             upstream = choose_upstream(self.routes, plan.model)
+            # A virtual key is resolved here; it never reaches the upstream, whose own key
+            # replaces it (upstream_headers drops every client credential header).
+            admission = await self.gate.admit(headers, plan.model, upstream)
         except BodyError as exc:
             return error_response(InvalidRequest(str(exc)), id_header)
         except TagError as exc:
@@ -115,8 +124,9 @@ class Forwarder:
             stream=plan.stream,
             model=plan.model,
             session_id=tags.session_id,
-            user_id=tags.user_id,
+            user_id=_user_of(admission.key, tags.user_id),
             properties=tags.properties,
+            key_id=None if admission.key is None else admission.key.id,
             request_body=plan.json,
             sample_estimate=self.drift_sample_rate > random.random(),
         )
@@ -211,6 +221,13 @@ class Forwarder:
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
         return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
+
+
+def _user_of(key: VirtualKey | None, tagged: str | None) -> str | None:
+    """A key issued to a user speaks for that user, whatever the request says."""
+    if key is not None and key.user_id is not None:
+        return key.user_id
+    return tagged
 
 
 def upstream_timeout(upstream: UpstreamSettings) -> Timeouts:

@@ -112,6 +112,7 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         latency_ms=exchange.latency_ms,
         ttft_ms=exchange.ttft_ms,
         error=exchange.error,
+        key_id=exchange.key_id,
     )
 
 

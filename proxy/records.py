@@ -40,6 +40,7 @@ class Exchange:
     user_id: str | None
     properties: dict[str, str]
     provider: str | None = None
+    key_id: str | None = None
     sample_estimate: bool = False
     request_body: dict[str, Any] | None = None
     status_code: int = 0
@@ -82,3 +83,4 @@ class RequestRecord:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None
+    key_id: str | None = None

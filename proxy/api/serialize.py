@@ -38,6 +38,7 @@ RECORD_FIELDS: Final = (
     "latency_ms",
     "ttft_ms",
     "error",
+    "key_id",
 )
 
 SESSION_FIELDS: Final = (

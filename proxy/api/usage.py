@@ -3,6 +3,7 @@
 Handlers read ``request.app.state.queries`` (``UsageQueries``) and ``request.app.state.writer``
 (``RecordWriter``). Query parameters are validated here and errors are rendered in OpenAI's
 shape by the routes themselves, so the contract holds whatever handlers the app installs.
+A caller with a virtual key (see ``proxy.access.guard``) reads only its own requests.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
 
+from proxy.access.guard import key_scope
 from proxy.api.params import error_json, invalid_query, parse_limit, parse_property, parse_time
 from proxy.api.serialize import record_json, session_json, stats_json, summary_row_json
+from proxy.errors import error_body
 from proxy.store.queries import GROUP_BY_CHOICES, InvalidQuery, UsageFilters, UsageQueries
 
 DEFAULT_LIMIT = 100
@@ -92,6 +95,7 @@ async def list_requests(
             cursor=cursor,
             property_name=property_name,
             property_value=property_value,
+            key_id=key_scope(request),
         )
     except InvalidQuery as exc:
         return invalid_query(exc)
@@ -101,7 +105,8 @@ async def list_requests(
 async def get_request(request: Request, request_id: str) -> JSONResponse:
     """One record; 404 when the id is unknown."""
     row = await _queries(request).get_request(request_id)
-    if row is None:
+    scope = key_scope(request)
+    if row is None or (scope is not None and row["key_id"] != scope):
         return error_json(404, f"no request with id {request_id!r}", "request_id")
     return JSONResponse(record_json(row))
 
@@ -116,6 +121,8 @@ async def list_sessions(
     property_: PropertyParam = None,
 ) -> JSONResponse:
     """Session summaries, most recent activity first: ``{"data": [...], "next_cursor": ...}``."""
+    if key_scope(request) is not None:
+        return _admin_only()
     try:
         property_name, property_value = parse_property(property_)
         rows, next_cursor = await _queries(request).list_sessions(
@@ -134,6 +141,8 @@ async def list_sessions(
 
 async def get_session(request: Request, session_id: str) -> JSONResponse:
     """One session summary; 404 when no request of that session was recorded."""
+    if key_scope(request) is not None:
+        return _admin_only()
     row = await _queries(request).get_session(session_id)
     if row is None:
         return error_json(404, f"no session with id {session_id!r}", "session_id")
@@ -165,12 +174,20 @@ async def summary(
             until=parse_time(until, "until"),
             property_name=property_name,
             property_value=property_value,
+            key_id=key_scope(request),
         )
         max_groups = parse_limit(limit, MAX_SUMMARY_GROUPS, MAX_SUMMARY_GROUPS)
         rows = await _queries(request).summary(group_by, filters, limit=max_groups)
     except InvalidQuery as exc:
         return invalid_query(exc)
     return JSONResponse({"group_by": group_by, "data": [summary_row_json(r) for r in rows]})
+
+
+def _admin_only() -> JSONResponse:
+    # A session's totals may hold other keys' requests: they are for the admin to read.
+    message = "session totals need the admin token; a tallyproxy key reads its own requests"
+    body = error_body(message, "permission_error", code="forbidden")
+    return JSONResponse(body, status_code=403)
 
 
 def _queries(request: Request) -> UsageQueries:

@@ -52,6 +52,8 @@ class UsageFilters:
     property_name: str | None = None
     """With ``property_value``: only requests whose ``properties[name]`` equals the value."""
     property_value: str | None = None
+    key_id: str | None = None
+    """Only requests made with this virtual key (a key reading its own usage)."""
 
 
 class UsageQueries:
@@ -82,10 +84,11 @@ class UsageQueries:
         cursor: str | None = None,
         property_name: str | None = None,
         property_value: str | None = None,
+        key_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Records matching the filters, newest first, and the cursor of the next page."""
         filters = UsageFilters(
-            session_id, user_id, model, since, until, property_name, property_value
+            session_id, user_id, model, since, until, property_name, property_value, key_id
         )
         query = select(requests).where(*_request_conditions(filters))
         if cursor is not None:
@@ -235,6 +238,7 @@ def _request_conditions(filters: UsageFilters) -> list[ColumnElement[bool]]:
         (requests.c.session_id, filters.session_id),
         (requests.c.user_id, filters.user_id),
         (requests.c.model, filters.model),
+        (requests.c.key_id, filters.key_id),
     ):
         if value is not None:
             conditions.append(column == value)

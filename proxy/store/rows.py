@@ -78,6 +78,7 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "latency_ms": record.latency_ms,
         "ttft_ms": record.ttft_ms,
         "error": record.error,
+        "key_id": record.key_id,
     }
     for name in TOKEN_FIELDS:
         row[name] = None if usage is None else getattr(usage, name)

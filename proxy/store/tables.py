@@ -1,4 +1,5 @@
-"""The database schema: one ``requests`` row per metered request, one ``sessions`` row per session.
+"""The database schema: one ``requests`` row per metered request, one ``sessions`` row per
+session, one ``virtual_keys`` row per issued key.
 
 ``sessions`` is a running total kept by the writer in the same transaction as the request rows
 it sums, so a session summary is one primary-key lookup however long the session is.
@@ -75,10 +76,13 @@ requests = Table(
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),
+    # The virtual key the request came with (its id, never the key itself); null otherwise.
+    Column("key_id", String(32)),
     Index(None, "session_id"),
     Index(None, "user_id"),
     Index(None, "model"),
     Index(None, "created_at"),
+    Index(None, "key_id"),
 )
 
 sessions = Table(
@@ -95,4 +99,20 @@ sessions = Table(
     Column("last_request_at", UTCDateTime(), nullable=False),
     Index(None, "user_id"),
     Index(None, "last_request_at"),
+)
+
+virtual_keys = Table(
+    "virtual_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("user_id", String(256)),
+    # SHA-256 of the key, hex: the key itself is shown once and never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("display_prefix", String(16), nullable=False),
+    # Model names or globs the key may call; empty: every model.
+    Column("models", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime()),
+    Column("revoked_at", UTCDateTime()),
 )

@@ -1,0 +1,1 @@
+"""Access control: virtual keys that apps use instead of a provider key."""

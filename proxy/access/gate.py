@@ -1,0 +1,106 @@
+"""The gate on ``/v1``: which virtual key a request came with, and whether it may pass.
+
+Requests without a virtual key cost nothing here (a scan of the headers, no database call)
+unless the config requires keys. Lookups are cached for ``key_cache_seconds``: a key revoked
+on another replica stops working here within that time, and at once on this one
+(``forget``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from proxy.access.keys import VirtualKey, has_credentials, hash_key, presented_key
+from proxy.config import UpstreamSettings
+from proxy.errors import InvalidApiKey, MissingUpstreamKey, ModelNotAllowed
+from proxy.store.access import KeyStore
+
+MAX_CACHED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the gate learnt of a request it let through; ``key`` is None in pass-through."""
+
+    key: VirtualKey | None = None
+
+
+PASS_THROUGH = Admission()
+
+
+class Gate:
+    """Resolves virtual keys and checks them against the request."""
+
+    def __init__(
+        self,
+        store: KeyStore | None,
+        *,
+        require_virtual_keys: bool = False,
+        cache_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.require_virtual_keys = require_virtual_keys
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[VirtualKey | None, float]] = {}
+
+    async def admit(
+        self,
+        headers: Iterable[tuple[str, str]],
+        model: str | None,
+        upstream: UpstreamSettings,
+    ) -> Admission:
+        """Let a request through, or raise the error that refuses it.
+
+        401 for an unknown, revoked or expired key (or none, when keys are required), 403 for
+        a model the key may not call, 500 when the upstream has no key of its own to use in
+        place of the virtual one.
+        """
+        headers = list(headers)
+        secret = presented_key(headers)
+        if secret is None:
+            if self.require_virtual_keys:
+                hint = "none given" if not has_credentials(headers) else "a provider key given"
+                raise InvalidApiKey(
+                    f"this proxy needs a tallyproxy key (tp-...) as the API key; {hint}"
+                )
+            return PASS_THROUGH
+        key = await self.key(secret)
+        if key is None:
+            raise InvalidApiKey("invalid tallyproxy key: unknown, revoked or expired")
+        if not key.allows(model):
+            raise ModelNotAllowed(
+                f"the key {key.name!r} may not call model {model!r}", param="model"
+            )
+        if upstream.api_key is None:
+            raise MissingUpstreamKey(
+                f"the upstream {upstream.name!r} has no api_key in the config, so a request "
+                "with a tallyproxy key cannot be sent to it; set upstreams[].api_key_env"
+            )
+        return Admission(key)
+
+    async def key(self, secret: str) -> VirtualKey | None:
+        """The usable key for ``secret`` (cached), or None when unknown, revoked or expired."""
+        digest = hash_key(secret)
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            key = cached[0]
+        else:
+            key = await self.store.find(digest) if self.store is not None else None
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()  # guessed keys must not grow the cache without bound
+            self._cache[digest] = (key, now + self.cache_seconds)
+        if key is None or not key.usable_at(datetime.now(UTC)):
+            return None
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache, e.g. after revoking it on this replica."""
+        stale = [h for h, (key, _) in self._cache.items() if key is not None and key.id == key_id]
+        for digest in stale:
+            del self._cache[digest]
