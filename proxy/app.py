@@ -98,6 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # An API answers a path or 404s; a redirect to a guessed path only confuses clients.
+    app.router.redirect_slashes = False
     install_error_handlers(app)
     guard = [Depends(admin_guard(settings.admin_token))]
     app.include_router(usage_router(dependencies=[Depends(usage_guard(settings.admin_token))]))

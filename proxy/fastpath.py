@@ -9,6 +9,7 @@ none of it: it reads its own body with a limit and renders its own errors. Every
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote_plus
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from proxy.errors import error_body
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/"
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class ProxyFastPath:
@@ -30,7 +32,22 @@ class ProxyFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
+        if scope["type"] == "http" and _header_bytes(scope) > MAX_HEADER_BYTES:
+            # httptools sets no bound of its own, and the headers would be forwarded upstream.
+            message = f"request headers exceed {MAX_HEADER_BYTES} bytes"
+            body = error_body(message, "invalid_request_error", code="headers_too_large")
+            await JSONResponse(body, status_code=431)(scope, receive, send)
+            return
         if scope["type"] != "http" or not path.startswith(PREFIX):
+            nul_in = _nul_parameter(scope) if scope["type"] == "http" else None
+            if nul_in is not None:
+                # No stored id or filter value holds NUL, and Postgres refuses it in a query.
+                message = f"invalid {nul_in}: it contains a NUL character"
+                body = error_body(
+                    message, "invalid_request_error", param=nul_in, code="invalid_parameter"
+                )
+                await JSONResponse(body, status_code=400)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app
@@ -44,3 +61,21 @@ class ProxyFastPath:
             body = error_body("internal error in tallyproxy; see its log", "server_error")
             response = JSONResponse(body, status_code=500)
         await response(scope, receive, send)
+
+
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(name) + len(value) for name, value in scope["headers"])
+
+
+def _nul_parameter(scope: Scope) -> str | None:
+    """Where a NUL character hides: ``path`` or the query parameter's name; None if nowhere."""
+    if "\x00" in scope.get("path", ""):
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" not in query:
+        return None
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if b"%00" in value or b"%00" in name:
+            return unquote_plus(name.decode("latin-1")).replace("\x00", "") or "query"
+    return "query"

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from proxy.app import create_app
+from proxy.fastpath import ProxyFastPath
 from tests.e2e.conftest import proxy_settings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.postgres import PostgresServer
@@ -142,7 +143,7 @@ def fuzz_proxy(request: pytest.FixtureRequest, fuzz_upstream: FakeUpstream) -> I
     settings = proxy_settings(
         fuzz_upstream.base_url, database_url, server__max_body_bytes=MAX_BODY_BYTES
     )
-    app = create_app(settings)
+    app = ProxyFastPath(create_app(settings))  # what `tallyproxy serve` runs
     with (
         run_asgi_server(app, graceful_timeout=5.0, loop="asyncio") as url,
         httpx.Client(base_url=url, timeout=15) as client,

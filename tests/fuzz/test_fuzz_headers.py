@@ -143,11 +143,6 @@ def test_huge_headers_do_not_break_the_server(fuzz_proxy: FuzzProxy) -> None:
         fuzz_proxy.good_request()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="httptools sets no limit on header size: uvicorn buffers a 2 MB header and passes "
-    "it to the app (h11 would answer 400 past 16 KiB); tallyproxy sets none either",
-)
 def test_huge_header_is_refused(fuzz_proxy: FuzzProxy) -> None:
     answer = raw_exchange(
         fuzz_proxy,
