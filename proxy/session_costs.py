@@ -39,6 +39,7 @@ class _Session:
     read_at: float | None = None
     # record id -> (cost, when noted): this process's records not seen stored at the last read.
     pending: dict[str, tuple[Decimal, float]] = field(default_factory=dict)
+    reading: asyncio.Task[None] | None = None
 
     def total(self) -> Decimal:
         total = self.stored or Decimal(0)
@@ -69,20 +70,25 @@ class SessionCosts:
         return await self.total(exchange.session_id)
 
     async def total(self, session_id: str) -> Decimal | None:
-        """The session's cost including every noted record; None when the database is slow."""
+        """The session's cost including every noted record; None when the database is slow.
+
+        Only a session's first read waits for the database, and concurrent requests share
+        one read; later refreshes run in the background while the last total serves.
+        """
         session = self._session(session_id)
-        now = time.monotonic()
-        if session.read_at is not None and now - session.read_at < self._refresh:
+        stale = session.read_at is None or time.monotonic() - session.read_at >= self._refresh
+        if stale and session.reading is None:
+            session.reading = asyncio.create_task(self._reread(session_id, session))
+            session.reading.add_done_callback(lambda _: _finished(session))
+        if session.read_at is not None:
             return session.total()
+        assert session.reading is not None
         try:
-            await asyncio.wait_for(self._reread(session_id, session), self._timeout)
+            await asyncio.wait_for(asyncio.shield(session.reading), self._timeout)
         except TimeoutError:
-            log.warning("session cost of %r not read within %.2fs", session_id, self._timeout)
             return None
-        except Exception as exc:
-            # A header is a courtesy: a database problem must not fail the request.
-            log.warning("session cost of %r not read: %s", session_id, exc)
-            return None
+        except Exception:
+            return None  # logged once by the reading task
         return session.total()
 
     def _session(self, session_id: str) -> _Session:
@@ -98,7 +104,12 @@ class SessionCosts:
         for record_id in [r for r, (_, at) in pending.items() if now - at > MAX_PENDING_AGE]:
             del pending[record_id]
         waiting = list(pending)
-        stored_total, stored_ids = await self._read(session_id, waiting)
+        try:
+            stored_total, stored_ids = await self._read(session_id, waiting)
+        except Exception as exc:
+            # A header is a courtesy: a database problem must not fail the request.
+            log.warning("session cost of %r not read: %s", session_id, exc)
+            raise
         for record_id in stored_ids:
             pending.pop(record_id, None)
         session.stored = stored_total
@@ -121,3 +132,9 @@ class SessionCosts:
             rows = (await connection.execute(statement)).all()
         total = next((row[1] for row in rows if row[0] is None), None)
         return total, {row[0] for row in rows if row[0] is not None}
+
+
+def _finished(session: _Session) -> None:
+    task, session.reading = session.reading, None
+    if task is not None and not task.cancelled():
+        task.exception()  # retrieved: logged by the task itself
