@@ -11,9 +11,11 @@ from functools import partial
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.guard import admin_guard, usage_guard
 from proxy.api.admin import admin_router
+from proxy.api.budgets import budgets_router
 from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
@@ -27,6 +29,7 @@ from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
 from proxy.session_costs import SessionCosts
 from proxy.store.access import KeyStore
+from proxy.store.budgets import BudgetStore
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
@@ -49,10 +52,11 @@ def create_app(settings: Settings) -> FastAPI:
         engine = create_engine(settings.database.url)
         await upgrade_database(engine)
         prices = PriceBook(settings.prices)
+        counter = TokenCounter(settings.tokenizers)
         metrics = Metrics()
         writer = RecordWriter(
             engine,
-            metrics.observing(partial(meter_batch, TokenCounter(settings.tokenizers), prices)),
+            metrics.observing(partial(meter_batch, counter, prices)),
             queue_size=settings.database.queue_size,
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
@@ -73,6 +77,13 @@ def create_app(settings: Settings) -> FastAPI:
             require_virtual_keys=settings.access.require_virtual_keys,
             cache_seconds=settings.access.key_cache_seconds,
         )
+        app.state.budgets = Budgets(
+            BudgetStore(engine),
+            counter,
+            prices,
+            refresh_seconds=settings.access.key_cache_seconds or 1.0,
+        )
+        await app.state.budgets.start()
         app.state.forwarder = Forwarder(
             client,
             settings.routes,
@@ -82,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.server.max_body_bytes,
             settings.metering.drift_sample_rate,
             gate=app.state.gate,
+            budgets=app.state.budgets,
         )
         for route in settings.routes:
             models = ", ".join(route.models) or "every other model"
@@ -93,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.budgets.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
             await engine.dispose()
@@ -102,7 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.redirect_slashes = False
     install_error_handlers(app)
     guard = [Depends(admin_guard(settings.admin_token))]
-    app.include_router(usage_router(dependencies=[Depends(usage_guard(settings.admin_token))]))
+    reader = [Depends(usage_guard(settings.admin_token))]
+    app.include_router(usage_router(dependencies=reader))
+    app.include_router(budgets_router(dependencies=reader))
     app.include_router(admin_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
     app.include_router(metrics_router(dependencies=guard))

@@ -14,11 +14,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.keys import VirtualKey
 from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
+    BudgetExceeded,
     InvalidRequest,
     ModelNotRouted,
     TallyError,
@@ -77,6 +79,7 @@ class Forwarder:
         drift_sample_rate: float = 0.0,
         *,
         gate: Gate | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.client = client
         self.routes = tuple(routes)
@@ -87,6 +90,7 @@ class Forwarder:
         self.max_body_bytes = max_body_bytes
         # Without a gate of the app's, virtual keys are unknown and pass-through stays open.
         self.gate = gate if gate is not None else Gate(None)
+        self.budgets = budgets
 
     async def handle(self, request: Request) -> Response:
         """The endpoint behind ``/v1/{path}``."""
@@ -130,6 +134,11 @@ class Forwarder:
             request_body=plan.json,
             sample_estimate=self.drift_sample_rate > random.random(),
         )
+        if self.budgets is not None:
+            try:
+                await self.budgets.reserve(exchange)
+            except BudgetExceeded as exc:
+                return error_response(exc, id_header)
         where = target(upstream, request.path_params["path"], plan.model)
         try:
             response = await self.client.send(

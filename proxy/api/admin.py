@@ -1,4 +1,4 @@
-"""The admin REST API: virtual keys (``/admin/keys``).
+"""The admin REST API: virtual keys (``/admin/keys``) and budgets (``/admin/budgets``).
 
 ``POST /admin/keys`` issues a key and returns it once (``key``); listings show only its
 display prefix. ``DELETE /admin/keys/{id}`` revokes it: at once on this replica, within
@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, params
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
+from proxy.access.periods import Period
+from proxy.api.budgets import budget_json
 from proxy.api.params import error_json
 from proxy.api.serialize import iso_utc
 from proxy.store.access import KeyStore
@@ -30,12 +34,36 @@ class NewKeyRequest(BaseModel):
     expires_at: datetime | None = None
 
 
+class NewBudgetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    scope: Literal["key", "user", "session", "global"]
+    subject: str | None = Field(default=None, min_length=1, max_length=256)
+    period: Period
+    usd: Decimal | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    alerts: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NewBudgetRequest:
+        if (self.usd is None) == (self.tokens is None):
+            raise ValueError("give usd or tokens, one of them")
+        if (self.scope == "global") != (self.subject is None):
+            raise ValueError("subject names the key id, user or session; none for global")
+        if any(not 0 < a <= 1000 for a in self.alerts):
+            raise ValueError("alerts are percentages of the limit, e.g. [50, 80, 100]")
+        return self
+
+
 def admin_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
     """The routes of the admin API, behind ``dependencies`` (the admin-token check)."""
     router = APIRouter(prefix="/admin", dependencies=list(dependencies), tags=["admin"])
     router.add_api_route("/keys", create_key, methods=["POST"], status_code=201)
     router.add_api_route("/keys", list_keys, methods=["GET"])
     router.add_api_route("/keys/{key_id}", revoke_key, methods=["DELETE"])
+    router.add_api_route("/budgets", create_budget, methods=["POST"], status_code=201)
+    router.add_api_route("/budgets/{budget_id}", delete_budget, methods=["DELETE"])
     return router
 
 
@@ -60,6 +88,32 @@ async def revoke_key(request: Request, key_id: str) -> JSONResponse:
     gate: Gate = request.app.state.gate
     gate.forget(key_id)
     return JSONResponse({"id": key_id, "revoked": True})
+
+
+async def create_budget(request: Request, body: NewBudgetRequest) -> JSONResponse:
+    """Define a budget; it applies on this replica at once, on the others within seconds."""
+    budgets: Budgets = request.app.state.budgets
+    row = await budgets.store.create(
+        name=body.name or f"{body.scope}:{body.subject or '*'}:{body.period}",
+        scope=body.scope,
+        subject=body.subject,
+        period=body.period,
+        limit_usd=body.usd,
+        limit_tokens=body.tokens,
+        alerts=body.alerts,
+    )
+    await budgets.refresh()
+    [status] = [r for r in await budgets.store.status(row["created_at"]) if r["id"] == row["id"]]
+    return JSONResponse(budget_json(status), status_code=201)
+
+
+async def delete_budget(request: Request, budget_id: str) -> JSONResponse:
+    """Remove a budget and its spend; 404 when unknown."""
+    budgets: Budgets = request.app.state.budgets
+    if not await budgets.store.delete(budget_id):
+        return error_json(404, f"no budget with id {budget_id!r}", "budget_id")
+    await budgets.refresh()
+    return JSONResponse({"id": budget_id, "deleted": True})
 
 
 def key_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.records import RequestRecord
+from proxy.store.budgets import settle as settle_budgets
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
 from proxy.store.types import EXACT
 
@@ -49,6 +50,7 @@ async def write_records(engine: AsyncEngine, records: Sequence[RequestRecord]) -
         inserted_ids = await _insert_requests(connection, rows)
         inserted = [row for row in rows if row["id"] in inserted_ids]
         await _upsert_sessions(connection, inserted)
+        await settle_budgets(connection, inserted)
     return len(inserted_ids)
 
 

@@ -1,5 +1,6 @@
 """The database schema: one ``requests`` row per metered request, one ``sessions`` row per
-session, one ``virtual_keys`` row per issued key.
+session, one ``virtual_keys`` row per issued key, and budgets: their definitions, the spend
+per budget and period, and the reservations of requests on their way.
 
 ``sessions`` is a running total kept by the writer in the same transaction as the request rows
 it sums, so a session summary is one primary-key lookup however long the session is.
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -115,4 +117,45 @@ virtual_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime()),
     Column("revoked_at", UTCDateTime()),
+)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("scope", String(16), nullable=False),  # key | user | session | global
+    Column("subject", String(256)),  # the key id, user or session; null for global
+    Column("period", String(8), nullable=False),  # hour | day | month | total
+    Column("limit_usd", Money()),
+    Column("limit_tokens", BigInteger),
+    Column("alerts", JSON, nullable=False),  # percentages of the limit that fire a webhook
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+budget_spend = Table(
+    "budget_spend",
+    metadata,
+    Column("budget_id", String(32), nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
+    # Settled from stored records; reserved by requests on their way (estimates).
+    Column("spent_usd", Money(), nullable=False),
+    Column("spent_tokens", BigInteger, nullable=False),
+    Column("reserved_usd", Money(), nullable=False),
+    Column("reserved_tokens", BigInteger, nullable=False),
+    PrimaryKeyConstraint("budget_id", "period_start"),
+)
+
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("request_id", String(32), nullable=False),
+    Column("budget_id", String(32), nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
+    Column("usd", Money(), nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    # A reservation whose record never arrives (a crashed replica) is released after this.
+    Column("expires_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("request_id", "budget_id"),
+    Index(None, "expires_at"),
 )

@@ -29,3 +29,23 @@ def test_create_list_and_revoke(database_url: str, capsys: pytest.CaptureFixture
     assert main(["keys", "list", *db]) == 0
     assert "revoked" in capsys.readouterr().out
     assert main(["keys", "revoke", *db, "no-such-key"]) == 1
+
+
+def test_budgets_create_list_delete(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ["--database-url", database_url]
+    create = ["budgets", "create", *db, "--scope", "user", "--subject", "alice"]
+    assert main([*create, "--period", "day", "--usd", "10", "--alert", "50,80,100"]) == 0
+    assert "defined" in capsys.readouterr().out
+    assert main(["budgets", "create", *db, "--scope", "global", "--period", "total",
+                 "--tokens", "1000"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["budgets", "list", *db]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_scope = {b["scope"]: b for b in listed}
+    assert by_scope["user"]["limit_usd"] == "10" and by_scope["user"]["alerts"] == [50, 80, 100]
+    assert by_scope["user"]["remaining_usd"] == "10" and by_scope["user"]["resets_at"]
+    assert by_scope["global"]["remaining_tokens"] == 1000
+    assert main(["budgets", "delete", *db, by_scope["user"]["id"]]) == 0
+    assert main(["budgets", "delete", *db, by_scope["user"]["id"]]) == 1
+    assert main(["budgets", "create", *db, "--scope", "global", "--subject", "x",
+                 "--period", "day", "--usd", "1"]) == 2  # fmt: skip

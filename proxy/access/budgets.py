@@ -1,0 +1,175 @@
+"""Budgets on the request path: which budgets a request counts against, and its reservation.
+
+A request is refused (429 ``budget_exceeded``) before it reaches the provider when its
+reservation does not fit a budget: the input counted locally plus ``max_tokens`` (or
+``max_completion_tokens`` / ``max_output_tokens``) at the model's prices. The database
+decides atomically (``proxy.store.budgets``), so replicas sharing one Postgres agree. The
+record writer settles the real usage. Definitions are cached and refreshed in the
+background, so a request no budget applies to costs no database call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from proxy.access.periods import Period
+from proxy.pricing import PriceBook
+from proxy.records import Exchange
+from proxy.tokens import TokenCounter
+from proxy.usage import Usage
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["key", "user", "session", "global"]
+SCOPES: tuple[Scope, ...] = ("key", "user", "session", "global")
+OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: str
+    name: str
+    scope: Scope
+    subject: str | None
+    period: Period
+    limit_usd: Decimal | None
+    limit_tokens: int | None
+    alerts: tuple[int, ...]
+
+    def applies(self, key_id: str | None, user_id: str | None, session_id: str | None) -> bool:
+        """Whether a request with these tags counts against this budget."""
+        if self.scope == "global":
+            return True
+        subject = {"key": key_id, "user": user_id, "session": session_id}[self.scope]
+        return subject is not None and subject == self.subject
+
+    def describe(self) -> str:
+        limit = f"{self.limit_usd} USD" if self.limit_usd is not None else ""
+        if self.limit_tokens is not None:
+            limit = (
+                f"{limit} / {self.limit_tokens} tokens" if limit else f"{self.limit_tokens} tokens"
+            )
+        whom = "everything" if self.scope == "global" else f"{self.scope} {self.subject!r}"
+        return f"budget {self.name!r} ({limit} per {self.period} for {whom})"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one request reserves against each budget it counts against."""
+
+    usd: Decimal
+    tokens: int
+
+
+def budget_of(row: dict[str, Any]) -> Budget:
+    return Budget(
+        id=row["id"],
+        name=row["name"],
+        scope=row["scope"],
+        subject=row["subject"],
+        period=row["period"],
+        limit_usd=row["limit_usd"],
+        limit_tokens=row["limit_tokens"],
+        alerts=tuple(row["alerts"] or ()),
+    )
+
+
+def output_limit(body: dict[str, Any] | None) -> int:
+    """The most output tokens the request allows itself; 0 when it names no limit."""
+    for name in OUTPUT_LIMIT_FIELDS:
+        value = (body or {}).get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def estimate_hold(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Hold:
+    """The reservation of a request: its input counted locally, its output limit in full.
+
+    Runs in a worker thread (tokenizing is CPU work). A model without a price reserves no
+    money (its records carry no cost either), only tokens.
+    """
+    body = exchange.request_body
+    try:
+        prompt = counter.prompt_tokens(exchange.endpoint, body) if body else None
+    except Exception:
+        # A counting bug must not refuse the request: reserve the output limit only.
+        log.exception("token estimate for a budget reservation failed")
+        prompt = None
+    completion = output_limit(body)
+    usage = Usage(
+        prompt_tokens=prompt or 0,
+        completion_tokens=completion,
+        total_tokens=(prompt or 0) + completion,
+    )
+    cost = prices.cost(exchange.model, usage, provider=exchange.provider, at=exchange.created_at)
+    return Hold(Decimal(0) if cost is None else cost.usd, usage.total_tokens)
+
+
+class Budgets:
+    """The cached budget definitions and the reservation step of the forwarder."""
+
+    def __init__(
+        self,
+        store: Any,
+        counter: TokenCounter,
+        prices: PriceBook,
+        *,
+        refresh_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.counter = counter
+        self.prices = prices
+        self.refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._budgets: tuple[Budget, ...] = ()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._maintain(), name="tallyproxy-budgets")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def refresh(self) -> None:
+        """Read the definitions again (after a change on this replica, or periodically)."""
+        self._budgets = tuple(budget_of(row) for row in await self.store.definitions())
+
+    def matching(self, exchange: Exchange) -> list[Budget]:
+        return [
+            b
+            for b in self._budgets
+            if b.applies(exchange.key_id, exchange.user_id, exchange.session_id)
+        ]
+
+    async def reserve(self, exchange: Exchange) -> None:
+        """Reserve the request's estimate on every budget it counts against, or raise
+        ``BudgetExceeded`` naming the first that it would exceed."""
+        budgets = self.matching(exchange)
+        if not budgets:
+            return
+        hold = await asyncio.to_thread(estimate_hold, exchange, self.counter, self.prices)
+        await self.store.reserve(exchange.id, budgets, hold, exchange.created_at)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.refresh()
+                released = await self.store.release_expired(datetime.now(UTC))
+                if released:
+                    log.info("released %d stale budget reservations", released)
+            except Exception as exc:
+                # The background boundary: keep the cached definitions and try again later.
+                log.warning("budget refresh failed: %s", exc)

@@ -1,0 +1,125 @@
+"""``tallyproxy budgets create|list|delete``: spending limits per key, user, session or globally."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from proxy.access.budgets import SCOPES
+from proxy.access.periods import PERIODS
+from proxy.commands.common import database_flags
+from proxy.config import Settings
+from proxy.store.budgets import BudgetStore
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "budgets", help="define, show and delete budgets (USD or tokens per period)"
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="define a budget")
+    database_flags(create)
+    create.add_argument("--name", help="shown in refusals and alerts (default from the scope)")
+    create.add_argument("--scope", required=True, choices=SCOPES)
+    create.add_argument("--subject", help="the key id, user or session (not for global)")
+    create.add_argument("--period", required=True, choices=PERIODS)
+    limit = create.add_mutually_exclusive_group(required=True)
+    limit.add_argument("--usd", type=_usd, help="limit in USD, e.g. 10 or 0.50")
+    limit.add_argument("--tokens", type=_positive, help="limit in tokens")
+    create.add_argument(
+        "--alert", type=_percentages, default=(), help="alert thresholds in %%, e.g. 50,80,100"
+    )
+    create.set_defaults(run=_runner(_create))
+    listing = actions.add_parser("list", help="budgets with this period's spend (JSON lines)")
+    database_flags(listing)
+    listing.set_defaults(run=_runner(_list))
+    remove = actions.add_parser("delete", help="delete a budget and its spend")
+    database_flags(remove)
+    remove.add_argument("budget_id")
+    remove.set_defaults(run=_runner(_delete))
+
+
+def _usd(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount, e.g. 10 or 0.50") from None
+    if not value.is_finite() or value <= 0:
+        raise argparse.ArgumentTypeError("the limit must be above 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _percentages(text: str) -> tuple[int, ...]:
+    values = tuple(_positive(part.strip()) for part in text.split(",") if part.strip())
+    if any(v > 1000 for v in values):
+        raise argparse.ArgumentTypeError("thresholds are percentages, e.g. 50,80,100")
+    return values
+
+
+def _runner(
+    action: Callable[[BudgetStore, argparse.Namespace], Awaitable[int]],
+) -> Callable[[Settings, argparse.Namespace], int]:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        return asyncio.run(_with_store(settings, args, action))
+
+    return run
+
+
+async def _with_store(
+    settings: Settings,
+    args: argparse.Namespace,
+    action: Callable[[BudgetStore, argparse.Namespace], Awaitable[int]],
+) -> int:
+    from proxy.store.engine import create_engine
+    from proxy.store.migrate import upgrade_database
+
+    engine = create_engine(settings.database.url)
+    try:
+        await upgrade_database(engine)
+        return await action(BudgetStore(engine), args)
+    finally:
+        await engine.dispose()
+
+
+async def _create(store: BudgetStore, args: argparse.Namespace) -> int:
+    if (args.scope == "global") != (args.subject is None):
+        print("tallyproxy: --subject names the key id, user or session; none for --scope global")
+        return 2
+    row = await store.create(
+        name=args.name or f"{args.scope}:{args.subject or '*'}:{args.period}",
+        scope=args.scope,
+        subject=args.subject,
+        period=args.period,
+        limit_usd=args.usd,
+        limit_tokens=args.tokens,
+        alerts=args.alert,
+    )
+    print(f"tallyproxy: budget {row['id']} ({row['name']}) defined")
+    return 0
+
+
+async def _list(store: BudgetStore, args: argparse.Namespace) -> int:
+    from proxy.api.budgets import budget_json
+
+    for row in await store.status(datetime.now(UTC)):
+        print(json.dumps(budget_json(row)))
+    return 0
+
+
+async def _delete(store: BudgetStore, args: argparse.Namespace) -> int:
+    if not await store.delete(args.budget_id):
+        print(f"tallyproxy: no budget with id {args.budget_id!r}; see 'tallyproxy budgets list'")
+        return 1
+    print(f"tallyproxy: budget {args.budget_id} deleted")
+    return 0

@@ -1,0 +1,157 @@
+"""Budgets through a running proxy: a burst of SDK requests against a small USD budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+
+from tests.access.conftest import ADMIN, ADMIN_TOKEN, UPSTREAM_KEY, issue_key
+from tests.e2e.conftest import RunningProxy, proxy_settings, start_proxy
+from tests.support.fake_upstream import FakeUpstream, FakeUsage
+
+MODEL = "budget-test-model"
+# $100 per 1M input tokens, $1000 per 1M output: one answer of the fake (19 in, 10 out) costs
+# 0.0019 + 0.01 = $0.0119; a request with max_tokens=10 reserves its counted input + $0.01.
+PRICES = [{"model": MODEL, "input": 100, "output": 1000}]
+REQUEST_COST = Decimal("0.0119")
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def priced_proxy(
+    fake_upstream: FakeUpstream, database_url: str
+) -> AsyncIterator[RunningProxy]:
+    fake_upstream.usage = FakeUsage(prompt_tokens=19, completion_tokens=10)
+    settings = proxy_settings(
+        fake_upstream.base_url,
+        database_url,
+        upstream__api_key=UPSTREAM_KEY,
+        admin_token=ADMIN_TOKEN,
+        prices=PRICES,
+    )
+    async with start_proxy(settings) as running:
+        running.api.headers.update(ADMIN)
+        yield running
+
+
+async def budgets_of(proxy: RunningProxy, key: str | None = None) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {key}"} if key else ADMIN
+    response = await proxy.api.get("/usage/budgets", headers=headers)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+async def burst(base_url: str, key: str, count: int) -> list[str | None]:
+    """``count`` concurrent SDK requests; each result is None (admitted) or the error code."""
+
+    async def one(sdk: openai.AsyncOpenAI) -> str | None:
+        try:
+            await sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10)
+        except openai.RateLimitError as exc:
+            return str(exc.code)
+        return None
+
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as sdk:
+        return list(await asyncio.gather(*(one(sdk) for _ in range(count))))
+
+
+async def settled(proxy: RunningProxy, admitted: int) -> dict[str, Any]:
+    """The budget once every admitted request's record has been settled."""
+    deadline = time.monotonic() + 10
+    while True:
+        [budget] = await budgets_of(proxy)
+        done = Decimal(budget["spent_usd"]) == admitted * REQUEST_COST
+        if (done and Decimal(budget["reserved_usd"]) == 0) or time.monotonic() > deadline:
+            return budget
+        await asyncio.sleep(0.05)
+
+
+async def test_a_burst_overshoots_a_small_budget_by_at_most_one_request(
+    priced_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    issued = await issue_key(priced_proxy.api, name="burst")
+    created = await priced_proxy.api.post(
+        "/admin/budgets",
+        json={"scope": "key", "subject": issued["id"], "period": "day", "usd": "0.05",
+              "name": "burst-day"},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    results = await burst(priced_proxy.base_url, issued["key"], 20)
+    admitted = results.count(None)
+    assert set(results) == {None, "budget_exceeded"}
+    assert len(fake_upstream.requests) == admitted
+    budget = await settled(priced_proxy, admitted)
+    spent = Decimal(budget["spent_usd"])
+    assert spent == admitted * REQUEST_COST
+    assert spent - Decimal("0.05") <= REQUEST_COST  # overshoot: one request at most
+    assert 3 <= admitted <= 5
+    assert Decimal(budget["reserved_usd"]) == 0
+    assert budget["resets_at"] is not None and budget["period"] == "day"
+    # The key sees its own budget; refused requests name it.
+    assert [b["name"] for b in await budgets_of(priced_proxy, issued["key"])] == ["burst-day"]
+    async with openai.AsyncOpenAI(
+        base_url=priced_proxy.base_url, api_key=issued["key"], max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.RateLimitError) as refused:
+            await sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10)
+    assert refused.value.code == "budget_exceeded"
+    assert "budget 'burst-day'" in refused.value.message
+    assert refused.value.status_code == 429
+
+
+async def test_budgets_on_users_and_tokens_apply_without_virtual_keys(
+    priced_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    created = await priced_proxy.api.post(
+        "/admin/budgets",
+        json={"scope": "user", "subject": "carol", "period": "total", "tokens": 60},
+    )
+    assert created.status_code == 201, created.text
+    sdk = priced_proxy.sdk  # the client's own provider key: pass-through
+    for _ in range(2):  # 29 tokens each; the reservation (input + 10) fits twice
+        await sdk.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=10, user="carol"
+        )
+    await priced_proxy.records(2)
+    deadline = time.monotonic() + 5
+    while True:  # settled from the records
+        [budget] = await budgets_of(priced_proxy)
+        if budget["spent_tokens"] >= 58 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(openai.RateLimitError):
+        await sdk.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=10, user="carol"
+        )
+    await sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10, user="dave")
+    [budget] = await budgets_of(priced_proxy)
+    assert (budget["spent_tokens"], budget["remaining_tokens"], budget["resets_at"]) == (
+        58,
+        2,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"scope": "key", "period": "day", "usd": "1"},
+        {"scope": "global", "subject": "x", "period": "day", "usd": "1"},
+        {"scope": "user", "subject": "x", "period": "week", "usd": "1"},
+        {"scope": "user", "subject": "x", "period": "day"},
+        {"scope": "user", "subject": "x", "period": "day", "usd": "1", "tokens": 5},
+        {"scope": "user", "subject": "x", "period": "day", "usd": "-1"},
+    ],
+)
+async def test_invalid_budgets_are_refused(
+    priced_proxy: RunningProxy, body: dict[str, Any]
+) -> None:
+    response = await priced_proxy.api.post("/admin/budgets", json=body)
+    assert response.status_code == 400, response.text
