@@ -11,6 +11,7 @@ from functools import partial
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from proxy.access.alerts import Alerter
 from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.guard import admin_guard, usage_guard
@@ -77,11 +78,13 @@ def create_app(settings: Settings) -> FastAPI:
             require_virtual_keys=settings.access.require_virtual_keys,
             cache_seconds=settings.access.key_cache_seconds,
         )
+        budget_store = BudgetStore(engine)
         app.state.budgets = Budgets(
-            BudgetStore(engine),
+            budget_store,
             counter,
             prices,
             refresh_seconds=settings.access.key_cache_seconds or 1.0,
+            alerter=_alerter(settings, budget_store),
         )
         await app.state.budgets.start()
         app.state.forwarder = Forwarder(
@@ -132,6 +135,19 @@ def create_app(settings: Settings) -> FastAPI:
 async def _proxy(request: Request) -> Response:
     forwarder: Forwarder = request.app.state.forwarder
     return await forwarder.handle(request)
+
+
+def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
+    alerts = settings.alerts
+    if alerts.webhook_url is None:
+        return None
+    return Alerter(
+        store,
+        alerts.webhook_url,
+        alerts.webhook_secret,
+        max_attempts=alerts.max_attempts,
+        retry_seconds=alerts.retry_seconds,
+    )
 
 
 def _upstream_client(settings: Settings) -> UpstreamClient:

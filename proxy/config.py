@@ -167,6 +167,22 @@ class AccessSettings(_Section):
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
 
+class AlertSettings(_Section):
+    """Budget alerts: a signed JSON POST to ``webhook_url`` as a threshold is crossed."""
+
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    retry_seconds: float = Field(default=2.0, gt=0, le=600)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key.
 
@@ -179,6 +195,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     metering: MeteringSettings = MeteringSettings()
     access: AccessSettings = AccessSettings()
+    alerts: AlertSettings = AlertSettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None
@@ -194,6 +211,8 @@ ENV_KEYS: Mapping[str, tuple[str, ...]] = {
     "TALLYPROXY_UPSTREAM_API_KEY": ("upstream", "api_key"),
     "TALLYPROXY_DATABASE_URL": ("database", "url"),
     "TALLYPROXY_ADMIN_TOKEN": ("admin_token",),
+    "TALLYPROXY_ALERT_WEBHOOK_URL": ("alerts", "webhook_url"),
+    "TALLYPROXY_ALERT_WEBHOOK_SECRET": ("alerts", "webhook_secret"),
     "TALLYPROXY_HOST": ("server", "host"),
     "TALLYPROXY_PORT": ("server", "port"),
     "TALLYPROXY_LOG_LEVEL": ("server", "log_level"),

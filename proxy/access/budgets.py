@@ -5,7 +5,8 @@ reservation does not fit a budget: the input counted locally plus ``max_tokens``
 ``max_completion_tokens`` / ``max_output_tokens``) at the model's prices. The database
 decides atomically (``proxy.store.budgets``), so replicas sharing one Postgres agree. The
 record writer settles the real usage. Definitions are cached and refreshed in the
-background, so a request no budget applies to costs no database call.
+background, so a request no budget applies to costs no database call; the same background
+task releases stale reservations and checks alert thresholds (``proxy.access.alerts``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.access.periods import Period
+
+if TYPE_CHECKING:
+    from proxy.access.alerts import Alerter
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
 from proxy.tokens import TokenCounter
@@ -124,12 +128,14 @@ class Budgets:
         *,
         refresh_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        alerter: Alerter | None = None,
     ) -> None:
         self.store = store
         self.counter = counter
         self.prices = prices
         self.refresh_seconds = refresh_seconds
         self._clock = clock
+        self.alerter = alerter
         self._budgets: tuple[Budget, ...] = ()
         self._task: asyncio.Task[None] | None = None
 
@@ -141,6 +147,8 @@ class Budgets:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.alerter is not None:
+            await self.alerter.close()
 
     async def refresh(self) -> None:
         """Read the definitions again (after a change on this replica, or periodically)."""
@@ -170,6 +178,8 @@ class Budgets:
                 released = await self.store.release_expired(datetime.now(UTC))
                 if released:
                     log.info("released %d stale budget reservations", released)
+                if self.alerter is not None:
+                    await self.alerter.check(datetime.now(UTC))
             except Exception as exc:
                 # The background boundary: keep the cached definitions and try again later.
                 log.warning("budget refresh failed: %s", exc)

@@ -28,7 +28,7 @@ from proxy.access.budgets import Budget, Hold, budget_of
 from proxy.access.periods import Period, period_end, period_start
 from proxy.errors import BudgetExceeded
 from proxy.money import format_usd
-from proxy.store.tables import budget_reservations, budget_spend, budgets
+from proxy.store.tables import budget_alerts, budget_reservations, budget_spend, budgets
 from proxy.store.types import EXACT, Money
 
 RESERVATION_TTL = timedelta(minutes=15)
@@ -171,6 +171,40 @@ class BudgetStore:
             result.append({**row, **spend, "period_start": start,
                            "resets_at": period_end(budget.period, start)})  # fmt: skip
         return result
+
+    async def claim_alert(self, budget_id: str, start: datetime, threshold: int) -> bool:
+        """True for the one caller, across replicas, that records this alert first."""
+        row = {
+            "budget_id": budget_id,
+            "period_start": start,
+            "threshold": threshold,
+            "fired_at": datetime.now(UTC),
+        }
+        async with self._engine.begin() as connection:
+            statement = (
+                _insert(connection, budget_alerts)
+                .on_conflict_do_nothing(
+                    index_elements=[
+                        budget_alerts.c.budget_id,
+                        budget_alerts.c.period_start,
+                        budget_alerts.c.threshold,
+                    ]
+                )
+                .returning(budget_alerts.c.threshold)
+            )
+            return (await connection.execute(statement, row)).first() is not None
+
+    async def mark_delivered(self, budget_id: str, start: datetime, threshold: int) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                budget_alerts.update()
+                .where(
+                    budget_alerts.c.budget_id == budget_id,
+                    budget_alerts.c.period_start == start,
+                    budget_alerts.c.threshold == threshold,
+                )
+                .values(delivered_at=datetime.now(UTC))
+            )
 
     async def release_expired(self, now: datetime) -> int:
         """Release reservations whose record never came; returns how many."""

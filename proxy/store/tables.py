@@ -159,3 +159,15 @@ budget_reservations = Table(
     PrimaryKeyConstraint("request_id", "budget_id"),
     Index(None, "expires_at"),
 )
+
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    # One row per budget, period and threshold: whichever replica inserts it sends the alert.
+    Column("budget_id", String(32), nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
+    Column("threshold", Integer, nullable=False),
+    Column("fired_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    PrimaryKeyConstraint("budget_id", "period_start", "threshold"),
+)

@@ -1,0 +1,142 @@
+"""Budget alerts: a signed JSON POST when spend crosses a threshold, once per period.
+
+Each replica checks the budgets it caches in the background; whichever inserts the
+``budget_alerts`` row for (budget, period, threshold) first sends it, so replicas never send
+one alert twice. The body is signed with HMAC-SHA256 and the shared secret
+(``X-Tally-Signature: sha256=<hex>``); failed deliveries are retried with doubling waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.api.budgets import budget_json
+from proxy.api.serialize import iso_utc
+from proxy.store.budgets import BudgetStore
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "x-tally-signature"
+DELIVERY_TIMEOUT = 10.0
+
+
+def crossed(thresholds: Sequence[int], spent: Decimal, limit: Decimal) -> list[int]:
+    """The thresholds (percent of ``limit``) that ``spent`` has reached."""
+    if limit <= 0:
+        return list(thresholds)
+    return [t for t in thresholds if spent * 100 >= limit * t]
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value: ``sha256=`` and the HMAC-SHA256 of the body, hex."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def alert_body(status: dict[str, Any], threshold: int, fired_at: datetime) -> bytes:
+    """The webhook's JSON: which budget, which threshold, and the spend that crossed it."""
+    budget = budget_json(status)
+    return orjson.dumps(
+        {
+            "type": "budget.threshold",
+            "threshold": threshold,
+            "fired_at": iso_utc(fired_at),
+            "budget": budget,
+        }
+    )
+
+
+class Alerter:
+    """Checks budgets for crossed thresholds and delivers the alerts."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        url: str,
+        secret: str | None,
+        *,
+        max_attempts: int = 6,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.url = url
+        self.secret = secret
+        self.max_attempts = max_attempts
+        self.retry_seconds = retry_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    async def check(self, now: datetime) -> int:
+        """Claim and send the alerts due now; returns how many this replica claimed."""
+        claimed = 0
+        for status in await self.store.status(now):
+            thresholds = status["alerts"] or []
+            if not thresholds:
+                continue
+            if status["limit_usd"] is not None:
+                due = crossed(thresholds, status["spent_usd"], status["limit_usd"])
+            else:
+                due = crossed(
+                    thresholds, Decimal(status["spent_tokens"]), Decimal(status["limit_tokens"])
+                )
+            for threshold in due:
+                if await self.store.claim_alert(status["id"], status["period_start"], threshold):
+                    claimed += 1
+                    task = asyncio.create_task(self._deliver(status, threshold, now))
+                    self._deliveries.add(task)
+                    task.add_done_callback(self._deliveries.discard)
+        return claimed
+
+    async def _deliver(self, status: dict[str, Any], threshold: int, now: datetime) -> None:
+        body = alert_body(status, threshold, now)
+        headers = {"content-type": "application/json"}
+        if self.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        wait = self.retry_seconds
+        for attempt in range(1, self.max_attempts + 1):
+            problem = await self._post(body, headers)
+            if problem is None:
+                await self.store.mark_delivered(status["id"], status["period_start"], threshold)
+                log.info("budget alert sent: %s at %d%%", status["name"], threshold)
+                return
+            if attempt < self.max_attempts:
+                log.warning(
+                    "budget alert for %s at %d%% not delivered (%s); retrying in %.1fs",
+                    status["name"], threshold, problem, wait,
+                )  # fmt: skip
+                await asyncio.sleep(wait)
+                wait *= 2
+        log.error(
+            "budget alert for %s at %d%% given up after %d attempts",
+            status["name"], threshold, self.max_attempts,
+        )  # fmt: skip
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> str | None:
+        """None once the receiver answered 2xx; else what went wrong."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT)
+            )
+        try:
+            async with self._session.post(self.url, data=body, headers=headers) as response:
+                await response.read()
+                return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    async def close(self) -> None:
+        """Stop deliveries still retrying and close the HTTP session."""
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
