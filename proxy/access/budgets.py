@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.access.periods import Period
-
-if TYPE_CHECKING:
-    from proxy.access.alerts import Alerter
+from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
+
+if TYPE_CHECKING:
+    from proxy.access.alerts import Alerter
+    from proxy.store.budgets import BudgetStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Budget:
         return subject is not None and subject == self.subject
 
     def describe(self) -> str:
-        limit = f"{self.limit_usd} USD" if self.limit_usd is not None else ""
+        limit = f"{format_usd(self.limit_usd)} USD" if self.limit_usd is not None else ""
         if self.limit_tokens is not None:
             limit = (
                 f"{limit} / {self.limit_tokens} tokens" if limit else f"{self.limit_tokens} tokens"
@@ -122,19 +122,17 @@ class Budgets:
 
     def __init__(
         self,
-        store: Any,
+        store: BudgetStore,
         counter: TokenCounter,
         prices: PriceBook,
         *,
         refresh_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
         alerter: Alerter | None = None,
     ) -> None:
         self.store = store
         self.counter = counter
         self.prices = prices
         self.refresh_seconds = refresh_seconds
-        self._clock = clock
         self.alerter = alerter
         self._budgets: tuple[Budget, ...] = ()
         self._task: asyncio.Task[None] | None = None
