@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.access.budgets import SCOPES
 from proxy.access.periods import PERIODS
-from proxy.commands.common import database_flags
+from proxy.commands.common import database_flags, migrated_database
 from proxy.config import Settings
 from proxy.store.budgets import BudgetStore
 
@@ -81,15 +81,8 @@ async def _with_store(
     args: argparse.Namespace,
     action: Callable[[BudgetStore, argparse.Namespace], Awaitable[int]],
 ) -> int:
-    from proxy.store.engine import create_engine
-    from proxy.store.migrate import upgrade_database
-
-    engine = create_engine(settings.database.url)
-    try:
-        await upgrade_database(engine)
+    async with migrated_database(settings) as engine:
         return await action(BudgetStore(engine), args)
-    finally:
-        await engine.dispose()
 
 
 async def _create(store: BudgetStore, args: argparse.Namespace) -> int:

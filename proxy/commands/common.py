@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from proxy.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 _AGE = re.compile(r"(\d+)([mhd])")
 _AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -29,3 +37,17 @@ def moment(text: str) -> datetime:
             f"{text!r} is neither an ISO date/time nor an age like 24h"
         ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@asynccontextmanager
+async def migrated_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The configured database, migrated to the newest schema, closed afterwards."""
+    from proxy.store.engine import create_engine
+    from proxy.store.migrate import upgrade_database
+
+    engine = create_engine(settings.database.url)
+    try:
+        await upgrade_database(engine)
+        yield engine
+    finally:
+        await engine.dispose()

@@ -8,7 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.commands.common import database_flags, moment
+from proxy.commands.common import database_flags, migrated_database, moment
 from proxy.config import Settings
 from proxy.store.access import KeyStore
 
@@ -60,15 +60,8 @@ async def _with_store(
     args: argparse.Namespace,
     action: Callable[[KeyStore, argparse.Namespace], Awaitable[int]],
 ) -> int:
-    from proxy.store.engine import create_engine
-    from proxy.store.migrate import upgrade_database
-
-    engine = create_engine(settings.database.url)
-    try:
-        await upgrade_database(engine)
+    async with migrated_database(settings) as engine:
         return await action(KeyStore(engine), args)
-    finally:
-        await engine.dispose()
 
 
 async def _create(store: KeyStore, args: argparse.Namespace) -> int:

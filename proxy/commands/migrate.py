@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from proxy.commands.common import database_flags
+from proxy.commands.common import database_flags, migrated_database
 from proxy.config import Settings
 
 
@@ -19,15 +19,9 @@ def register(commands: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from proxy.store.engine import create_engine
-    from proxy.store.migrate import upgrade_database
-
     async def upgrade() -> None:
-        engine = create_engine(settings.database.url)
-        try:
-            await upgrade_database(engine)
-        finally:
-            await engine.dispose()
+        async with migrated_database(settings):
+            pass
 
     asyncio.run(upgrade())
     print(f"tallyproxy: database at {settings.database.url.split('@')[-1]} is up to date")

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from proxy.commands.common import database_flags, moment
+from proxy.commands.common import database_flags, migrated_database, moment
 from proxy.config import Settings
 
 
@@ -32,16 +32,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _prune(settings: Settings, args: argparse.Namespace) -> int:
-    from proxy.store.engine import create_engine
-    from proxy.store.migrate import upgrade_database
     from proxy.store.prune import prune
 
-    engine = create_engine(settings.database.url)
-    try:
-        await upgrade_database(engine)
+    async with migrated_database(settings) as engine:
         count = await prune(engine, args.older_than, dry_run=args.dry_run)
-    finally:
-        await engine.dispose()
     cutoff = args.older_than.strftime("%Y-%m-%dT%H:%M:%SZ")
     verb = "would delete" if args.dry_run else "deleted"
     print(f"tallyproxy: {verb} {count} records created before {cutoff}; session totals are kept")

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
-from proxy.commands.common import database_flags, moment
+from proxy.commands.common import database_flags, migrated_database, moment
 from proxy.config import Settings
 from proxy.money import format_usd
 
@@ -109,16 +109,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _summary(settings: Settings, group_by: str, filters: Any) -> list[dict[str, Any]]:
-    from proxy.store.engine import create_engine
-    from proxy.store.migrate import upgrade_database
     from proxy.store.queries import UsageQueries
 
-    engine = create_engine(settings.database.url)
-    try:
-        await upgrade_database(engine)
+    async with migrated_database(settings) as engine:
         return await UsageQueries(engine).summary(group_by, filters, limit=MAX_GROUPS)
-    finally:
-        await engine.dispose()
 
 
 def totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from proxy.commands.common import database_flags, moment
+from proxy.commands.common import database_flags, migrated_database, moment
 from proxy.config import Settings
 from proxy.money import format_usd
 from proxy.store.reprice import RepriceReport
@@ -32,14 +32,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _reprice(settings: Settings, args: argparse.Namespace) -> int:
     from proxy.pricing import PriceBook
-    from proxy.store.engine import create_engine
-    from proxy.store.migrate import upgrade_database
     from proxy.store.reprice import reprice
 
     book = PriceBook(settings.prices)
-    engine = create_engine(settings.database.url)
-    try:
-        await upgrade_database(engine)
+    async with migrated_database(settings) as engine:
         report = await reprice(
             engine,
             lambda model, usage, at: book.cost(model, usage, at=at),
@@ -48,8 +44,6 @@ async def _reprice(settings: Settings, args: argparse.Namespace) -> int:
             model=args.model,
             dry_run=args.dry_run,
         )
-    finally:
-        await engine.dispose()
     print(format_reprice_report(report, dry_run=args.dry_run))
     return 0
 
