@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 DEFAULT_MAX_LAG = 10.0
 """Seconds an item may wait unwritten before the writer reports itself unhealthy."""
+DEFAULT_LINGER = 0.02
+"""Seconds a batch waits for company at low load (with a spool): records stay queryable
+within well under a second while the writer's cost per record drops several-fold."""
 
 DEFAULT_WRITE_TIMEOUT = 10.0
 """Seconds a batch write may take before the database counts as unavailable (spool mode)."""
@@ -76,6 +79,7 @@ class RecordWriter(Generic[T]):
         max_lag: float = DEFAULT_MAX_LAG,
         spool: Spool | None = None,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
             raise ValueError(
@@ -85,6 +89,7 @@ class RecordWriter(Generic[T]):
         self._prepare = prepare
         self._queue_size = queue_size
         self._flush_interval = flush_interval
+        self._linger = min(linger, flush_interval)
         self._max_batch = max_batch
         self._max_lag = max_lag
         self._spool = spool
@@ -365,6 +370,10 @@ class RecordWriter(Generic[T]):
                 if not self._queue:
                     await _wait(self._wakeup, self._flush_interval)
                     continue
+                if len(self._queue) < self._max_batch and not self._stopping:
+                    # A moment's wait turns a trickle of one-record batches (each a thread
+                    # hop and a transaction) into a few larger ones.
+                    await asyncio.sleep(self._linger)
                 since, records = await self._prepare_next()
                 if self._must_spool():
                     await self._spill(records)

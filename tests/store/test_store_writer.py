@@ -466,7 +466,14 @@ async def test_slow_database_spools_instead_of_waiting(
             for i in range(100):
                 writer.submit(make_record(minutes=i))
                 await asyncio.sleep(0.002)
-            await wait_until(lambda: writer.queue_depth == 0 and writer.failed_batches > 0)
+            # The batch whose write timed out is spooled a moment after the failure counts.
+            await wait_until(
+                lambda: (
+                    writer.queue_depth == 0
+                    and writer.failed_batches > 0
+                    and writer.stats()["spool_records"] == 100
+                )
+            )
             assert writer.stats()["spool_records"] == 100
             await connection.rollback()
         await wait_until(lambda: writer.replayed_total == 100, within=15)
