@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from proxy.access.budgets import SCOPES
 from proxy.access.periods import PERIODS
-from proxy.commands.common import database_flags, migrated_database
-from proxy.config import Settings
+from proxy.commands.common import database_flags, store_command
 from proxy.store.budgets import BudgetStore
 
 
@@ -34,14 +31,14 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--alert", type=_percentages, default=(), help="alert thresholds in %%, e.g. 50,80,100"
     )
-    create.set_defaults(run=_runner(_create))
+    create.set_defaults(run=store_command(BudgetStore, _create))
     listing = actions.add_parser("list", help="budgets with this period's spend (JSON lines)")
     database_flags(listing)
-    listing.set_defaults(run=_runner(_list))
+    listing.set_defaults(run=store_command(BudgetStore, _list))
     remove = actions.add_parser("delete", help="delete a budget and its spend")
     database_flags(remove)
     remove.add_argument("budget_id")
-    remove.set_defaults(run=_runner(_delete))
+    remove.set_defaults(run=store_command(BudgetStore, _delete))
 
 
 def _usd(text: str) -> Decimal:
@@ -65,24 +62,6 @@ def _percentages(text: str) -> tuple[int, ...]:
     if any(v > 1000 for v in values):
         raise argparse.ArgumentTypeError("thresholds are percentages, e.g. 50,80,100")
     return values
-
-
-def _runner(
-    action: Callable[[BudgetStore, argparse.Namespace], Awaitable[int]],
-) -> Callable[[Settings, argparse.Namespace], int]:
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        return asyncio.run(_with_store(settings, args, action))
-
-    return run
-
-
-async def _with_store(
-    settings: Settings,
-    args: argparse.Namespace,
-    action: Callable[[BudgetStore, argparse.Namespace], Awaitable[int]],
-) -> int:
-    async with migrated_database(settings) as engine:
-        return await action(BudgetStore(engine), args)
 
 
 async def _create(store: BudgetStore, args: argparse.Namespace) -> int:

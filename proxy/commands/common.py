@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from proxy.config import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+Store = TypeVar("Store")
 
 _AGE = re.compile(r"(\d+)([mhd])")
 _AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -51,3 +54,19 @@ async def migrated_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+def store_command(
+    make_store: Callable[[AsyncEngine], Store],
+    action: Callable[[Store, argparse.Namespace], Awaitable[int]],
+) -> Callable[[Settings, argparse.Namespace], int]:
+    """A subcommand's ``run``: ``action`` on a store over the migrated database."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        async def act() -> int:
+            async with migrated_database(settings) as engine:
+                return await action(make_store(engine), args)
+
+        return asyncio.run(act())
+
+    return run

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.commands.common import database_flags, migrated_database, moment
-from proxy.config import Settings
+from proxy.commands.common import database_flags, moment, store_command
 from proxy.store.access import KeyStore
 
 
@@ -31,37 +28,19 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--expires", type=moment, metavar="WHEN", help="ISO date/time (UTC) the key stops working"
     )
-    create.set_defaults(run=_runner(_create))
+    create.set_defaults(run=store_command(KeyStore, _create))
     listing = actions.add_parser("list", help="every key, without the keys themselves")
     database_flags(listing)
     listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    listing.set_defaults(run=_runner(_list))
+    listing.set_defaults(run=store_command(KeyStore, _list))
     revoke = actions.add_parser("revoke", help="revoke a key by its id")
     database_flags(revoke)
     revoke.add_argument("key_id", help="the id shown by 'keys list'")
-    revoke.set_defaults(run=_runner(_revoke))
+    revoke.set_defaults(run=store_command(KeyStore, _revoke))
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _runner(
-    action: Callable[[KeyStore, argparse.Namespace], Awaitable[int]],
-) -> Callable[[Settings, argparse.Namespace], int]:
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        return asyncio.run(_with_store(settings, args, action))
-
-    return run
-
-
-async def _with_store(
-    settings: Settings,
-    args: argparse.Namespace,
-    action: Callable[[KeyStore, argparse.Namespace], Awaitable[int]],
-) -> int:
-    async with migrated_database(settings) as engine:
-        return await action(KeyStore(engine), args)
 
 
 async def _create(store: KeyStore, args: argparse.Namespace) -> int:
