@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -43,6 +42,7 @@ from proxy.pricing import PriceBook
 from proxy.records import Exchange, new_record_id
 from proxy.routing import NoRoute, choose_upstream, credential_headers, target
 from proxy.session_costs import SessionCosts
+from proxy.sse import json_object
 from proxy.streaming import PassthroughStream
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
@@ -184,7 +184,7 @@ class Forwarder:
         exchange.completed = True
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
-        payload = _json_object(content)
+        payload = json_object(content)
         if payload is not None:
             model = payload.get("model")
             exchange.response_model = model if isinstance(model, str) else None
@@ -270,14 +270,6 @@ def _headers_without_encoding(response: UpstreamResponse) -> list[tuple[str, str
     # The client hands over decoded bytes, so the upstream's content-encoding no longer applies.
     pairs = client_headers(response.headers)
     return [(name, value) for name, value in pairs if name != "content-encoding"]
-
-
-def _json_object(content: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
 
 
 def _upstream_error_message(payload: dict[str, Any] | None, status: int) -> str:

@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy import __version__
-from proxy.records import RequestRecord
+from proxy.records import CLIENT_DISCONNECTED, RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ T = TypeVar("T")
 DEFAULT_MAX_MODELS = 200
 OTHER_MODEL = "other"
 NO_MODEL = "none"
-CLIENT_DISCONNECTED = "client disconnected"
-"""The error of a record whose client left mid-stream: the upstream did nothing wrong."""
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)

@@ -19,6 +19,9 @@ from proxy.usage import Usage
 
 UsageSource = Literal["provider", "estimated", "partial"]
 
+CLIENT_DISCONNECTED = "client disconnected"
+"""The error of an exchange whose client left before the answer ended."""
+
 
 def new_record_id() -> str:
     """32 hex digits whose lexical order is creation order: 48-bit ms clock, 80 random bits."""

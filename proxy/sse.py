@@ -94,15 +94,18 @@ def event_fields(raw: bytes) -> tuple[str | None, str | None]:
     return event_type, ("\n".join(data) if data else None)
 
 
-def parse_event_json(data: str) -> dict[str, Any] | None:
-    """Parse an event's data as a JSON object; None for ``[DONE]``, invalid JSON or non-objects."""
-    if data == "[DONE]":
-        return None
+def json_object(data: str | bytes) -> dict[str, Any] | None:
+    """``data`` parsed as a JSON object; None for invalid JSON or any other JSON value."""
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def parse_event_json(data: str) -> dict[str, Any] | None:
+    """Parse an event's data as a JSON object; None for ``[DONE]``, invalid JSON or non-objects."""
+    return None if data == "[DONE]" else json_object(data)
 
 
 def event_json(raw: bytes) -> tuple[str | None, dict[str, Any] | None, bool]:

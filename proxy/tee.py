@@ -11,7 +11,7 @@ import orjson
 from proxy.metering import priced_model, wants_estimate
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
-from proxy.records import Exchange
+from proxy.records import CLIENT_DISCONNECTED, Exchange
 from proxy.session_costs import SessionCosts
 from proxy.sse import SSESplitter, event_json
 from proxy.upstream_client import UpstreamHTTPError, UpstreamResponse
@@ -145,7 +145,7 @@ class StreamTee:
         exchange.latency_ms = elapsed_ms(self.started)
         if not exchange.completed and exchange.error is None:
             exchange.error = (
-                "client disconnected" if client_gone else "upstream ended the stream early"
+                CLIENT_DISCONNECTED if client_gone else "upstream ended the stream early"
             )
         accumulator = self.accumulator
         exchange.response_model = accumulator.response_model or exchange.response_model
