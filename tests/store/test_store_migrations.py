@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -14,7 +16,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.store.engine import create_engine
-from proxy.store.migrate import alembic_config, migrations_directory, upgrade_database
+from proxy.store.migrate import (
+    alembic_config,
+    current_revisions,
+    head_revision,
+    migrations_directory,
+    upgrade_database,
+)
 from proxy.store.tables import metadata
 
 
@@ -75,6 +83,70 @@ async def test_replicas_starting_together_do_not_race(postgres_url: str) -> None
         assert await _diff(engines[0]) == []
     finally:
         await asyncio.gather(*(e.dispose() for e in engines))
+
+
+async def test_upgrade_from_an_older_revision(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0005"))
+            await connection.commit()
+        assert await current_revisions(engine) == ["0005"]
+        await upgrade_database(engine)
+        assert await current_revisions(engine) == [head_revision()]
+        assert await _diff(engine) == []
+    finally:
+        await engine.dispose()
+
+
+_START_WITHOUT_ALEMBIC = """
+import asyncio, sys
+from proxy.store.engine import create_engine
+from proxy.store.migrate import upgrade_database
+
+async def start(url):
+    engine = create_engine(url)
+    await upgrade_database(engine)
+    await engine.dispose()
+
+asyncio.run(start(sys.argv[1]))
+print("alembic" in sys.modules)
+"""
+
+
+async def test_an_up_to_date_database_starts_without_importing_alembic(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    try:
+        await upgrade_database(engine)
+    finally:
+        await engine.dispose()
+    started = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _START_WITHOUT_ALEMBIC, database_url, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await started.communicate()
+    assert (started.returncode, output.strip()) == (0, b"False")
+
+
+def test_head_revision_is_alembics() -> None:
+    """The head read from the scripts' source is the one Alembic upgrades to."""
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _script(directory: Path, name: str, revision: str, down_revision: str) -> None:
+    text = f"revision: str = {revision!r}\ndown_revision: str | None = {down_revision}\n"
+    (directory / "versions" / name).write_text(text, encoding="utf-8")
+
+
+def test_head_revision_follows_merges_and_refuses_branches(tmp_path: Path) -> None:
+    (tmp_path / "versions").mkdir()
+    _script(tmp_path, "a.py", "a", "None")
+    _script(tmp_path, "b.py", "b", "'a'")
+    _script(tmp_path, "c.py", "c", "'a'")
+    assert head_revision(tmp_path) is None  # two heads: b and c
+    _script(tmp_path, "d.py", "d", "(\n    'b',\n    'c',\n)")
+    assert head_revision(tmp_path) == "d"
 
 
 def test_migrations_come_from_the_checkout() -> None:
