@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import socket
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,20 @@ def test_vocabulary_hash_mismatch_is_refused() -> None:
         loading.read_vendored_ranks(
             "https://openaipublic.blob.core.windows.net/encodings/p50k_base.tiktoken", "0" * 64
         )
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "qwen", "deepseek-v3"])
+def test_a_loaded_tokenizer_keeps_no_python_copy_of_its_vocabulary(name: str) -> None:
+    """The ranks live in the Rust encoder; a Python dict of them would cost ~28 MB a worker."""
+    tracemalloc.start()
+    try:
+        tokenizer = loading.load_builtin(name)
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024 * 1024
+    assert tokenizer.count("hello world") == 2
 
 
 def test_encodings_load_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
