@@ -60,8 +60,10 @@ class RecordWriter(Generic[T]):
     With a ``spool`` (what the app uses) the database never holds the queue up. One task
     prepares batches and hands them to a second task that writes them; a batch the database
     does not take (down, restarting, locked, or slower than ``write_timeout`` seconds) goes
-    to the spool on local disk, and so does every batch after it, and every batch that finds
-    two batches already waiting for the database. As soon as a write succeeds again (retried
+    to the spool on local disk, and so does every batch after it. A database that is merely
+    busy is waited for while the queue is less than half full (the queue grows and the
+    next batch with it); past that, a batch that finds two batches already waiting for the
+    database is spooled too. As soon as a write succeeds again (retried
     with backoff, at most every 5 s), the spool is replayed in order, then batches go to the
     database directly again. Memory stays bounded by ``queue_size`` items plus two batches,
     and requests never wait. Without a spool, a failed write is retried with backoff while
@@ -105,6 +107,7 @@ class RecordWriter(Generic[T]):
         # Spool mode: prepared batches waiting for the database task, and its state.
         self._handoff: deque[tuple[float, list[RequestRecord]]] = deque()
         self._db_wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._db_task: asyncio.Task[None] | None = None
         self._abandoned = False
         self._down_since: float | None = None
@@ -133,6 +136,8 @@ class RecordWriter(Generic[T]):
             return False
         self._queue.append((time.monotonic(), item))
         self._wakeup.set()
+        if len(self._queue) >= self._queue_size // 2:
+            self._room.set()  # a pump waiting for a busy database must spool now
         return True
 
     def _warn_dropped(self, why: str) -> None:
@@ -209,6 +214,7 @@ class RecordWriter(Generic[T]):
         if self._db_task is not None and not self._db_task.done():
             self._abandoned = True  # from now on the pump spools everything
             self._wakeup.set()
+            self._room.set()
             await _finish(self._db_task, 0)
         await _finish(self._task, max(0.0, budget - (time.monotonic() - started)))
         while self._handoff:
@@ -370,6 +376,7 @@ class RecordWriter(Generic[T]):
                 if not self._queue:
                     await _wait(self._wakeup, self._flush_interval)
                     continue
+                await self._wait_for_room()
                 if len(self._queue) < self._max_batch and not self._stopping:
                     # A moment's wait turns a trickle of one-record batches (each a thread
                     # hop and a transaction) into a few larger ones.
@@ -384,6 +391,18 @@ class RecordWriter(Generic[T]):
         finally:
             self._closed = True
             self._db_wakeup.set()
+
+    async def _wait_for_room(self) -> None:
+        """Let a busy but working database catch up rather than spool: the queue grows
+        meanwhile, and the next batch, larger, costs less per record. Only a database that
+        fails or exceeds ``write_timeout``, or a queue half full, sends batches to disk."""
+        while (
+            len(self._handoff) >= _HANDOFF_BATCHES
+            and self._down_since is None
+            and not self._abandoned
+            and len(self._queue) < self._queue_size // 2
+        ):
+            await _wait(self._room, self._flush_interval)
 
     def _must_spool(self) -> bool:
         assert self._spool is not None
@@ -423,6 +442,7 @@ class RecordWriter(Generic[T]):
                 records = self._handoff[0][1]
                 unwritten = records if self._down_since else await self._write_or_keep(records)
                 self._handoff.popleft()
+                self._room.set()
                 if unwritten:
                     await self._spill(unwritten)
             elif self._closed:
@@ -486,6 +506,7 @@ class RecordWriter(Generic[T]):
     def _database_failed(self, exc: Exception, count: int) -> None:
         assert self._spool is not None
         self.failed_batches += 1
+        self._room.set()  # a pump waiting for the database must spool instead
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now

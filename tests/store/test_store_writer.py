@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.records import RequestRecord
+from proxy.store import writer as writer_module
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
@@ -483,6 +484,43 @@ async def test_slow_database_spools_instead_of_waiting(
         await writer.stop(timeout=5)
         await locker.dispose()
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("queue_size", "max_batch", "spooled"), [(10_000, 100, False), (40, 10, True)]
+)
+async def test_busy_database_is_waited_for_until_the_queue_is_half_full(
+    engine: AsyncEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    queue_size: int,
+    max_batch: int,
+    spooled: bool,
+) -> None:
+    """Writes slower than the load, yet working: records queue up and go in larger batches;
+    the spool (fsync, read back, decode) is for a queue getting full, not for a busy day."""
+    real_write = writer_module.write_records
+    batch_sizes: list[int] = []
+
+    async def slow_write(engine: AsyncEngine, records: list[RequestRecord]) -> int:
+        batch_sizes.append(len(records))
+        await asyncio.sleep(0.05)
+        return await real_write(engine, records)
+
+    monkeypatch.setattr(writer_module, "write_records", slow_write)
+    writer = await spooled_writer(engine, tmp_path, queue_size=queue_size, max_batch=max_batch)
+    try:
+        for i in range(300):
+            assert writer.submit(make_record(minutes=i))
+            await asyncio.sleep(0.001)
+        await wait_until(lambda: writer.queue_depth == 0 and not writer.stats()["spool_records"])
+        assert writer.dropped_total == 0
+        assert (writer.spooled_total > 0) is spooled
+        assert await count(engine) == 300
+        if not spooled:
+            assert max(batch_sizes) > 20  # the queue grew while the database was busy
+    finally:
+        await writer.stop(timeout=5)
 
 
 @pytest.mark.postgres
