@@ -128,6 +128,9 @@ class UpstreamClient:
         connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # Shared by every client of the proxy: a cookie one upstream answer sets must not
+            # ride along on somebody else's request (and a jar costs time on every request).
+            cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=trust_env,
             auto_decompress=True,
             # Send the client's headers, not aiohttp's defaults for a missing one.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
 
 from proxy.tokens import TokenCounter
-from tests.e2e.conftest import RunningProxy
+from tests.e2e.conftest import RunningProxy, proxy_settings, start_proxy
 from tests.support.fake_upstream import FakeUpstream, FakeUsage
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
@@ -203,3 +205,22 @@ async def test_invalid_json_body_gets_openai_shaped_400(
     assert response.status_code == 400
     assert "could not parse the JSON body" in response.json()["error"]["message"]
     assert fake_upstream.requests == []
+
+
+async def test_upstream_cookies_are_not_kept_for_other_clients(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """One pooled client serves everybody: a cookie an upstream sets for one client's answer
+    reaches that client, and never rides along on anybody's next request."""
+    # By name: cookie jars ignore cookies from IP addresses, which would hide a leak.
+    upstream = fake_upstream.base_url.replace("127.0.0.1", "localhost")
+    settings = proxy_settings(upstream, f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    async with start_proxy(settings) as proxy:
+        raw = await proxy.sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        assert raw.headers["set-cookie"].startswith("__cf_bm=")
+        async with openai.AsyncOpenAI(api_key="sk-other", base_url=proxy.base_url) as other:
+            await other.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert fake_upstream.requests[-1].headers["authorization"] == "Bearer sk-other"
+    assert "cookie" not in fake_upstream.requests[-1].headers

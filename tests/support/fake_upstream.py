@@ -494,7 +494,8 @@ class FakeUpstream:
             data = data[: max(1, len(data) // 2)]
         else:
             data = orjson.dumps(body)
-        headers = {"x-request-id": self._id("req_")}
+        # Like OpenAI's edge, which hands out bot-management cookies with its answers.
+        headers = {"x-request-id": self._id("req_"), "set-cookie": "__cf_bm=fake; Path=/"}
         return _Wire(self, [data], status=status, headers=headers, scenario=scenario, stream=False)
 
     def _stream(self, events: list[bytes], scenario: _Scenario) -> _Wire:
