@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +37,7 @@ from proxy.records import CLIENT_DISCONNECTED, RequestRecord
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", Counter, Histogram)
 
 DEFAULT_MAX_MODELS = 200
 OTHER_MODEL = "other"
@@ -62,6 +63,7 @@ class Metrics:
         self.max_models = max_models
         self._models: set[str] = set()
         self._lock = threading.Lock()
+        self._children: dict[tuple[object, ...], object] = {}
         by_status = ("model", "upstream", "status")
         by_model = ("model", "upstream")
         registry = self.registry
@@ -147,25 +149,35 @@ class Metrics:
         model = self.model_label(record.model)
         upstream = record.upstream
         status = str(record.status_code)
-        self.requests.labels(model, upstream, status).inc()
+        child = self._child
+        child(self.requests, model, upstream, status).inc()
         usage = record.usage
         if usage is not None:
             for kind, field in TOKEN_KINDS:
                 count = getattr(usage, field)
                 if count:
-                    self.tokens.labels(model, upstream, kind).inc(count)
+                    child(self.tokens, model, upstream, kind).inc(count)
             if record.cost_usd is None:
-                self.unpriced.labels(model, upstream).inc()
+                child(self.unpriced, model, upstream).inc()
         if record.cost_usd is not None:
-            self.cost.labels(model, upstream).inc(float(record.cost_usd))
+            child(self.cost, model, upstream).inc(float(record.cost_usd))
         if record.latency_ms is not None:
-            self.latency.labels(model, upstream).observe(record.latency_ms / 1000)
+            child(self.latency, model, upstream).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(model, upstream).observe(record.ttft_ms / 1000)
+            child(self.ttft, model, upstream).observe(record.ttft_ms / 1000)
         if record.error == CLIENT_DISCONNECTED:
-            self.client_disconnects.labels(model, upstream).inc()
+            child(self.client_disconnects, model, upstream).inc()
         elif record.error is not None:
-            self.upstream_errors.labels(model, upstream, status).inc()
+            child(self.upstream_errors, model, upstream, status).inc()
+
+    def _child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, looked up once: prometheus_client's own lookup
+        validates and locks on every call, which cost more than the counting itself."""
+        key = (id(metric), *labels)
+        known = self._children.get(key)
+        if known is None:
+            known = self._children[key] = metric.labels(*labels)
+        return cast(M, known)
 
     def model_label(self, model: str | None) -> str:
         """The model's label value: its name while fewer than ``max_models`` are known."""
