@@ -16,6 +16,7 @@ from starlette.responses import Response
 from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.keys import VirtualKey
+from proxy.answer import BufferedAnswer
 from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
@@ -97,7 +98,7 @@ class Forwarder:
         started = time.perf_counter()
         record_id = new_record_id()
         id_header = {REQUEST_ID_HEADER: record_id}
-        endpoint = request.url.path
+        endpoint: str = request.scope["path"]
         headers = request.headers.items()
         try:
             body = await _read_body(request, self.max_body_bytes)
@@ -143,7 +144,9 @@ class Forwarder:
         try:
             response = await self.client.send(
                 request.method,
-                _with_query(where.url, request.url.query, where.query),
+                _with_query(
+                    where.url, request.scope["query_string"].decode("latin-1"), where.query
+                ),
                 upstream_headers(
                     headers, credential_headers(upstream, headers), upstream.headers, plan.stream
                 ),
@@ -208,7 +211,7 @@ class Forwarder:
         else:
             exchange.request_body = None
         self.sink.submit(exchange)
-        return Response(content, status_code=response.status_code, headers=dict(headers))
+        return BufferedAnswer(content, response.status_code, headers)
 
     def _stream(
         self,

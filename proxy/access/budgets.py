@@ -162,6 +162,8 @@ class Budgets:
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the request's estimate on every budget it counts against, or raise
         ``BudgetExceeded`` naming the first that it would exceed."""
+        if not self._budgets:
+            return
         budgets = self.matching(exchange)
         if not budgets:
             return
