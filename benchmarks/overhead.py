@@ -8,7 +8,8 @@ Starts a fake upstream that costs almost nothing (nginx with canned answers; the
 ``--database-url`` names a database), ``tallyproxy serve`` with metering on, and drives the
 upstream directly and then through the proxy with wrk (a raw-socket Python load generator
 when wrk is missing). Prints for each case requests/s, p50/p99 latency, CPU time per request
-of the server under test, their ratios to the direct call of the same run, and at the end
+of the server under test (after ``--warmup`` seconds of unmeasured load), their ratios to
+the direct call of the same run, and at the end
 the proxy's peak memory, how long the last records took to become queryable and how many
 were lost. Streams are 25 content chunks plus the usage chunk the proxy asks for.
 
@@ -36,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from canned_upstream import CHAT_JSON, STREAM_USAGE  # noqa: E402
+from spy import print_profile, record  # noqa: E402
 
 JSON_MODEL, STREAM_MODEL = "bench-json", "bench-stream"
 
@@ -343,7 +345,15 @@ def main() -> int:
     parser.add_argument("--python-upstream", action="store_true", help="not nginx")
     parser.add_argument("--python-load", action="store_true", help="not wrk")
     parser.add_argument("--only", choices=["json", "stream"], help="one kind of answer")
+    parser.add_argument(
+        "--warmup", type=float, default=2, help="seconds of unmeasured load on the proxy first"
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", type=Path, help="sample the proxy with py-spy into DIR"
+    )
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     use_nginx = not args.python_upstream and shutil.which("nginx") is not None
     use_wrk = not args.python_load and shutil.which("wrk") is not None
 
@@ -375,6 +385,12 @@ def main() -> int:
             f"{'ratio rps':>9} {'+p50 ms':>8} {'+p99 ms':>8}"
         )
         kinds = [(False, JSON_MODEL, json_port), (True, STREAM_MODEL, stream_port)]
+        if args.warmup > 0:
+            # First requests load what later ones reuse (price entries, the tokenizer of
+            # the drift samples, pooled connections): steady state is what is measured.
+            for stream, model, _ in kinds:
+                warmup = (chat_body(model, stream), args.warmup, 8, args.session_id)
+                answered += run_load(tmp, use_wrk, proxy_port, *warmup, None).requests
         for stream, model, upstream_port in kinds:
             kind = "stream" if stream else "json"
             if args.only and args.only != kind:
@@ -383,6 +399,8 @@ def main() -> int:
             for connections in args.concurrency:
                 load = (body, args.duration, connections, args.session_id)
                 direct = run_load(tmp, use_wrk, upstream_port, *load, upstream.pid)
+                samples = args.profile / f"{kind}-c{connections}.txt" if args.profile else tmp
+                spy = record(proxy.pid, samples, args.duration) if args.profile else None
                 proxied = run_load(tmp, use_wrk, proxy_port, *load, proxy.pid)
                 answered += proxied.requests
                 for label, result in (("direct", direct), ("proxy", proxied)):
@@ -398,6 +416,9 @@ def main() -> int:
                         f"{result.p50_ms:8.2f} {result.p99_ms:8.2f} {result.cpu_ms:10.3f}"
                         f"{extra}{errors}"
                     )
+                if spy is not None:
+                    spy.wait()
+                    print_profile(samples, f"{kind} c={connections}")
         lag, stored = record_lag(proxy_port, before + answered)
         stored -= before
         print(
