@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -19,6 +20,14 @@ from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
 _USAGE_NULL = b',"usage":null'
 _DONE = b"data: [DONE]"
+# An event carrying counts: the bytes of a JSON key "usage" with an object for its value
+# (inside a JSON string the quotes would be escaped, so text cannot fake it).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_LAZY_LIMIT = 1 << 20
+"""Bytes of unparsed events a stream may hold; past that, every event is parsed as it comes."""
+_TAIL_EVENTS = 4
+"""Last events read for the end of a stream (finish reason, message_stop) when the rest is
+not needed."""
 
 
 class ExchangeSink(Protocol):
@@ -34,6 +43,11 @@ class StreamTee:
     so bytes are handed on per whole event. Otherwise each chunk is handed on as it arrives.
     Before ``data: [DONE]`` (or at the end of streams without it) an SSE comment
     ``: tally {...}`` tells the client the tokens and cost; SSE clients ignore comments.
+
+    Parsing every event's JSON was a quarter of a stream's cost. Only events that carry usage
+    are parsed on the way; the others are kept as bytes (up to ``_LAZY_LIMIT``) and read at
+    the end only if a local estimate needs their text, else just the last few, for how the
+    stream ended.
     """
 
     def __init__(
@@ -58,7 +72,12 @@ class StreamTee:
         self.session_costs = session_costs
         self.splitter = SSESplitter()
         self.accumulator = StreamAccumulator()
+        self.unparsed: list[bytes] | None = []
+        """Every event so far, in order, while the accumulator has seen only the usage ones;
+        None once it sees them all."""
+        self.unparsed_bytes = 0
         self.tallied = False
+        self.ended_cleanly = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The bytes for the client; upstream failures end the stream and are noted."""
@@ -86,8 +105,7 @@ class StreamTee:
                     yield b"".join(pieces)
                 if not self.tallied and self.response.is_success:
                     yield await self._tally_comment()
-            # The connection ended cleanly; the answer is whole only if it said it was finished.
-            exchange.completed = self.accumulator.finished or not self.watch_events
+            self.ended_cleanly = True
         except UpstreamHTTPError as exc:
             exchange.error = f"upstream stream broken: {exc.kind}: {exc}"[:500]
 
@@ -103,18 +121,59 @@ class StreamTee:
         kept: list[bytes] = []
         done_at: int | None = None
         for raw in events:
-            event_type, event, done = event_json(raw)
+            event_type, event, done = self._read(raw)
             if done and done_at is None:
                 done_at = len(kept)
             if event is not None:
                 self.accumulator.feed(event, event_type)
-                if self.strip_usage:
-                    if is_usage_only_chunk(event):
-                        continue
-                    if "usage" in event and event["usage"] is None and raw.count(_USAGE_NULL) == 1:
-                        raw = raw.replace(_USAGE_NULL, b"")
+                if self.strip_usage and is_usage_only_chunk(event):
+                    continue
+            if self.strip_usage and raw.count(_USAGE_NULL) == 1:
+                raw = raw.replace(_USAGE_NULL, b"")
             kept.append(raw)
         return kept, done_at
+
+    def _read(self, raw: bytes) -> tuple[str | None, dict[str, object] | None, bool]:
+        """``event_json(raw)`` when the accumulator must see the event now; else the event is
+        kept for later and only ``[DONE]`` is told."""
+        unparsed = self.unparsed
+        if unparsed is None or _USAGE_OBJECT.search(raw):
+            if unparsed is not None:
+                unparsed.append(raw)
+            return event_json(raw)
+        unparsed.append(raw)
+        self.unparsed_bytes += len(raw)
+        if self.unparsed_bytes > _LAZY_LIMIT:
+            self._read_all()  # this event included
+        return None, None, _DONE in raw and event_json(raw)[2]
+
+    def _read_all(self) -> None:
+        """Feed every event so far, in order, to a fresh accumulator; feed all from now on."""
+        accumulator = self.accumulator = StreamAccumulator()
+        for raw in self.unparsed or ():
+            event_type, event, _ = event_json(raw)
+            if event is not None:
+                accumulator.feed(event, event_type)
+        self.unparsed = None
+
+    def _settle(self) -> bool:
+        """Make the accumulator complete enough for the record; return whether the stream
+        said it was finished."""
+        if self.unparsed is None:
+            return self.accumulator.finished
+        exchange = self.exchange
+        exchange.provider_usage = self.accumulator.usage
+        if self.response.is_success and wants_estimate(exchange):
+            self._read_all()
+            return self.accumulator.finished
+        tail = StreamAccumulator()
+        for raw in self.unparsed[-_TAIL_EVENTS:]:
+            event_type, event, _ = event_json(raw)
+            if event is not None:
+                tail.feed(event, event_type)
+        self.unparsed = None
+        self.accumulator.response_model = self.accumulator.response_model or tail.response_model
+        return self.accumulator.finished or tail.finished
 
     async def _tally_comment(self) -> bytes:
         self.tallied = True
@@ -143,6 +202,9 @@ class StreamTee:
         exchange = self.exchange
         self.response.close()
         exchange.latency_ms = elapsed_ms(self.started)
+        finished = self._settle() if self.watch_events else True
+        # The connection ended cleanly; the answer is whole only if it said it was finished.
+        exchange.completed = self.ended_cleanly and finished
         if not exchange.completed and exchange.error is None:
             exchange.error = (
                 CLIENT_DISCONNECTED if client_gone else "upstream ended the stream early"
