@@ -179,23 +179,27 @@ class _Rates:
 
     def missing(self, counts: _Counts) -> str | None:
         """The name of the first rate ``counts`` need and these rates lack, or None."""
-        for field in fields(self):
-            if getattr(counts, field.name) and getattr(self, field.name) is None:
-                return field.name
+        for name in _BUCKETS:
+            if getattr(counts, name) and getattr(self, name) is None:
+                return name
         return None
 
     def usd(self, counts: _Counts) -> Decimal:
         """The exact cost of ``counts`` at these rates (a bucket without a rate must be 0)."""
         total = Decimal(0)
         with localcontext(prec=_PRECISION):
-            for field in fields(self):
-                count = getattr(counts, field.name)
+            for name in _BUCKETS:
+                count = getattr(counts, name)
                 if count:
-                    total += getattr(self, field.name) * count
+                    total += getattr(self, name) * count
             return total / _MILLION
 
     def as_strings(self) -> dict[str, str | None]:
-        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
+        return {name: _plain(getattr(self, name)) for name in _BUCKETS}
+
+
+_BUCKETS = tuple(field.name for field in fields(_Rates))
+"""The rate buckets, in order (``dataclasses.fields`` is slow enough to matter per request)."""
 
 
 def _first(value: Decimal | None, fallback: Decimal) -> Decimal:
