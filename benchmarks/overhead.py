@@ -1,7 +1,8 @@
 """Proxy overhead against a direct call to the same canned upstream, in one run.
 
     python benchmarks/overhead.py [--duration 10] [--concurrency 1 64] [--workers 1]
-                                  [--database-url URL] [--session-id ID]
+                                  [--database-url URL] [--session-id ID] [--only json]
+                                  [--profile DIR] [--soak 1000000]
 
 Starts a fake upstream that costs almost nothing (nginx with canned answers; the raw-asyncio
 ``canned_upstream.py`` when nginx is missing), a throwaway PostgreSQL (unless
@@ -246,7 +247,7 @@ def run_wrk(
     script.write_text(WRK_SCRIPT)
     env = {**os.environ, "BENCH_BODY": body.decode(), "BENCH_SESSION": session}
     command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
         "-s", str(script), f"http://127.0.0.1:{port}/v1/chat/completions",
     ]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
@@ -335,6 +336,25 @@ def start_database(url: str | None) -> tuple[str, object | None]:
     return server.url(server.create_database()), server
 
 
+def soak(tmp: Path, use_wrk: bool, port: int, pid: int, args: argparse.Namespace) -> int:
+    """Drive the proxy until ``args.soak`` requests were answered at the highest
+    concurrency; print its memory after each slice, so growth shows. Returns the answered."""
+    stream = args.only == "stream"
+    body = chat_body(STREAM_MODEL if stream else JSON_MODEL, stream)
+    connections = max(args.concurrency)
+    answered, started = 0, time.perf_counter()
+    print(f"soak: {args.soak} {'stream' if stream else 'json'} requests at c={connections}")
+    while answered < args.soak:
+        result = run_load(tmp, use_wrk, port, body, 30, connections, args.session_id, pid)
+        answered += result.requests
+        print(
+            f"  after {answered:>9} requests ({time.perf_counter() - started:5.0f} s, "
+            f"{result.rps:5.0f} req/s): RSS {memory_mb(pid, 'VmRSS'):.0f} MB, "
+            f"peak {memory_mb(pid, 'VmHWM'):.0f} MB"
+        )
+    return answered
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per case")
@@ -345,6 +365,10 @@ def main() -> int:
     parser.add_argument("--python-upstream", action="store_true", help="not nginx")
     parser.add_argument("--python-load", action="store_true", help="not wrk")
     parser.add_argument("--only", choices=["json", "stream"], help="one kind of answer")
+    parser.add_argument(
+        "--soak", type=int, default=0, metavar="N",
+        help="then N more requests, printing the proxy's memory every 30 s",
+    )  # fmt: skip
     parser.add_argument(
         "--warmup", type=float, default=2, help="seconds of unmeasured load on the proxy first"
     )
@@ -419,6 +443,8 @@ def main() -> int:
                 if spy is not None:
                     spy.wait()
                     print_profile(samples, f"{kind} c={connections}")
+        if args.soak:
+            answered += soak(tmp, use_wrk, proxy_port, proxy.pid, args)
         lag, stored = record_lag(proxy_port, before + answered)
         stored -= before
         print(
