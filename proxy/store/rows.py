@@ -3,12 +3,13 @@
 ``write_records`` is idempotent: a record id already stored is skipped, and session totals
 only grow by the rows actually inserted, so replaying a batch, or several replicas sharing
 one Postgres, never counts a request twice. ``RecordWriter`` (``proxy.store.writer``) is its
-only caller on the serving path.
+only caller on the serving path. On Postgres the rows go in by COPY (``proxy.store.copy``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -19,8 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.records import RequestRecord
 from proxy.store.budgets import settle as settle_budgets
+from proxy.store.copy import CopyRefused, copy_requests
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
 from proxy.store.types import EXACT
+
+log = logging.getLogger(__name__)
+
+InsertRequests = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[set[str]]]
+"""Stores request rows in a transaction, skipping stored ids; returns the ids it inserted."""
 
 
 def is_permanent(exc: Exception) -> bool:
@@ -46,8 +53,22 @@ async def write_records(engine: AsyncEngine, records: Sequence[RequestRecord]) -
     # Unique and sorted by id: a duplicate inside the batch must not be summed twice, and a
     # fixed insertion order keeps concurrent writers from deadlocking on each other's rows.
     rows = sorted({r.id: record_row(r) for r in records}.values(), key=lambda row: row["id"])
+    if engine.dialect.name == "postgresql":
+        try:
+            return await _write_rows(engine, rows, copy_requests)
+        except CopyRefused as refused:
+            # Rare: another writer stored one of these ids since the lookup, or a value is
+            # refused. INSERT ... ON CONFLICT skips the first and raises the second as the
+            # SQLAlchemy errors that ``is_permanent`` reads.
+            log.debug("%s; inserting the batch instead", refused)
+    return await _write_rows(engine, rows, _insert_requests)
+
+
+async def _write_rows(
+    engine: AsyncEngine, rows: list[dict[str, Any]], insert_requests: InsertRequests
+) -> int:
     async with engine.begin() as connection:
-        inserted_ids = await _insert_requests(connection, rows)
+        inserted_ids = await insert_requests(connection, rows)
         inserted = [row for row in rows if row["id"] in inserted_ids]
         await _upsert_sessions(connection, inserted)
         await settle_budgets(connection, inserted)
