@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -54,6 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
         await upgrade_database(engine)
         prices = PriceBook(settings.prices)
         counter = TokenCounter(settings.tokenizers)
+        # Loaded here, before the server is ready, rather than by the first request that counts:
+        # that load stalls the event loop for ~0.3 s, and its transient ranks, freed among live
+        # objects, leave ~12 MB of fragmented heap behind.
+        await asyncio.to_thread(counter.preload_default)
         metrics = Metrics()
         writer = RecordWriter(
             engine,

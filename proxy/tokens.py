@@ -128,6 +128,14 @@ class TokenCounter:
         """The tokenizer that counts ``model``'s text, loaded on first use."""
         return self._load(choose(model, self._rules))
 
+    def preload_default(self) -> Tokenizer:
+        """Load now the tokenizer of models without a rule or a known family.
+
+        That is ``o200k_base`` unless a rule matches every name (``model: "*"``). Loading takes
+        about half a second of Python that holds the GIL: done at start-up, no request waits.
+        """
+        return self.tokenizer_for("")
+
     def tokenizer(self, name: str) -> Tokenizer:
         """The built-in tokenizer called ``name`` (e.g. ``"o200k_base"``, ``"qwen"``)."""
         return self._cached(name, lambda: load_builtin(name))

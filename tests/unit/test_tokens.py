@@ -20,6 +20,7 @@ import tiktoken
 from tiktoken_ext import openai_public
 
 from proxy import tokens
+from proxy.config import TokenizerRule
 from proxy.tokenization import loading
 from proxy.tokens import PromptEstimate, TokenCounter, encoding_name_for_model
 
@@ -211,6 +212,24 @@ def test_a_loaded_tokenizer_keeps_no_python_copy_of_its_vocabulary(name: str) ->
         tracemalloc.stop()
     assert kept < 1024 * 1024
     assert tokenizer.count("hello world") == 2
+
+
+def test_preload_default_loads_what_unknown_and_new_openai_models_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads: list[str] = []
+    real = tokens.load_builtin
+    monkeypatch.setattr(tokens, "load_builtin", lambda name: loads.append(name) or real(name))
+    fresh = TokenCounter()
+    assert fresh.preload_default().name == "o200k_base"
+    fresh.count_text("gpt-4o-mini", "hello")
+    fresh.count_text("some-unknown-model", "hello")
+    assert loads == ["o200k_base"]
+
+
+def test_preload_default_follows_a_rule_for_every_model() -> None:
+    ruled = TokenCounter([TokenizerRule(model="*", encoding="cl100k_base")])
+    assert ruled.preload_default().name == "cl100k_base"
 
 
 def test_encodings_load_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
