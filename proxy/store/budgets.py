@@ -320,15 +320,19 @@ async def settle(connection: AsyncConnection, rows: Sequence[dict[str, Any]]) ->
     """
     if not rows:
         return
+    defined = [
+        budget_of(dict(row)) for row in (await connection.execute(select(budgets))).mappings()
+    ]
+    if not defined:
+        # Nothing to count against, and nothing held: a request is only reserved against
+        # budgets defined before it was sent, and deleting a budget deletes its holds.
+        return
     released = await connection.execute(
         delete(budget_reservations)
         .where(budget_reservations.c.request_id.in_([row["id"] for row in rows]))
         .returning(*_HELD)
     )
     deltas = _released(dict(row) for row in released.mappings())
-    defined = [
-        budget_of(dict(row)) for row in (await connection.execute(select(budgets))).mappings()
-    ]
     for row in rows:
         for budget in defined:
             if not budget.applies(row["key_id"], row["user_id"], row["session_id"]):

@@ -26,11 +26,8 @@ from proxy.store.tables import requests
 COLUMNS = tuple(column.name for column in requests.columns)
 """The columns of a copied row, in table order."""
 
-# A prepared statement gets a generic plan after five runs, kept until the next ANALYZE.
-# Planned while the table was small, that is a sequential scan comparing every row with every
-# id, ever slower as the table grows. A custom plan sees the ids: an index scan, or a hashed
-# scan of a small table.
-_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+# Planned for its ids every time (``plan_cache_mode`` in ``proxy.store.engine``): an index
+# scan, or a hashed scan of a small table, never a generic plan's scan per id.
 _STORED_IDS = "SELECT id FROM requests WHERE id = ANY($1::varchar[])"
 
 
@@ -44,11 +41,11 @@ async def copy_requests(connection: AsyncConnection, rows: list[dict[str, Any]])
     Returns the ids copied. Raises ``CopyRefused`` when the server or a column type refuses
     the rows.
     """
-    # SQLAlchemy's asyncpg adapter begins the transaction at its first statement: this one.
-    await connection.exec_driver_sql(_CUSTOM_PLANS)
-    driver_connection = (await connection.get_raw_connection()).driver_connection
     try:
-        stored = await _stored_ids(driver_connection, [row["id"] for row in rows])
+        # SQLAlchemy's asyncpg adapter begins the transaction at its first statement: this
+        # one, so the COPY that goes to the driver directly is inside it.
+        stored = await _stored_ids(connection, [row["id"] for row in rows])
+        driver_connection = (await connection.get_raw_connection()).driver_connection
         new = [row for row in rows if row["id"] not in stored]
         if new:
             await copy_rows(driver_connection, _records(connection.dialect, new))
@@ -63,9 +60,9 @@ async def copy_rows(driver_connection: Any, records: list[tuple[Any, ...]]) -> N
     await driver_connection.copy_records_to_table(requests.name, records=records, columns=COLUMNS)
 
 
-async def _stored_ids(driver_connection: Any, ids: list[str]) -> set[str]:
-    found = await driver_connection.fetch(_STORED_IDS, ids)
-    return {record[0] for record in found}
+async def _stored_ids(connection: AsyncConnection, ids: list[str]) -> set[str]:
+    found = await connection.exec_driver_sql(_STORED_IDS, (ids,))
+    return set(found.scalars())
 
 
 def _records(dialect: Dialect, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

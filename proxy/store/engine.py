@@ -11,6 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
+SERVER_SETTINGS = {
+    "application_name": "tallyproxy",
+    # asyncpg prepares every statement, and Postgres gives a prepared statement a generic
+    # plan after five runs, kept until the next ANALYZE: planned while a table was small,
+    # the writer's lookup of stored ids became a full scan per id. Custom plans see the
+    # values. Sent with the connection's start-up, so it costs no round trip.
+    "plan_cache_mode": "force_custom_plan",
+}
+
 
 def create_engine(url: str) -> AsyncEngine:
     """An ``AsyncEngine`` for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs.
@@ -31,7 +40,7 @@ def create_engine(url: str) -> AsyncEngine:
         pool_timeout=10,
         pool_recycle=1800,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": "tallyproxy"}},
+        connect_args={"server_settings": SERVER_SETTINGS},
     )
 
 
