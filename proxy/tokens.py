@@ -35,6 +35,7 @@ from proxy.tokenization.loading import (
     VocabularyError,
     load_builtin,
     load_file,
+    release_freed_heap,
 )
 from proxy.tokenization.openai_format import (
     PromptEstimate,
@@ -154,6 +155,7 @@ class TokenCounter:
                 tokenizer = self._loaded.get(key)
                 if tokenizer is None:
                     tokenizer = load()
+                    release_freed_heap()
                     self._loaded[key] = tokenizer
         return tokenizer
 

@@ -22,10 +22,12 @@ ones from registry wheels and checks their sha256; this module checks it again o
 from __future__ import annotations
 
 import binascii
+import ctypes
 import gzip
 import hashlib
 import importlib.util
 import logging
+import sys
 import types
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Final, Literal
 
 import tiktoken
-import tokenizers
 from tiktoken_ext import openai_public
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def load_builtin(name: str) -> Tokenizer:
     if name == "llama3":
         return _load_llama3()
     if name in ("deepseek-v3", "claude"):
-        raw = _read_vendored(name).decode("utf-8")
-        return _huggingface(name, tokenizers.Tokenizer.from_str(raw), exact=name != "claude")
+        return _huggingface(name, _read_vendored(name), exact=name != "claude")
     raise VocabularyError(
         f"unknown tokenizer {name!r}; use one of {', '.join(sorted(BUILTIN_NAMES))} or give a file"
     )
@@ -164,8 +164,7 @@ def load_file(path: str, kind: TokenizerKind | None = None) -> Tokenizer:
     name = f"file:{file}"
     try:
         if kind == "huggingface":
-            hf = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
-            return _huggingface(name, hf, exact=True)
+            return _huggingface(name, data, exact=True)
         ranks = _parse_tiktoken(data)
     except Exception as exc:  # tokenizers reports a malformed file as a bare Exception
         raise VocabularyError(
@@ -185,7 +184,11 @@ def _tiktoken(
     return Tokenizer(name, encoding.encode_ordinary, exact=exact, nfc=nfc)
 
 
-def _huggingface(name: str, tokenizer: tokenizers.Tokenizer, *, exact: bool) -> Tokenizer:
+def _huggingface(name: str, data: bytes, *, exact: bool) -> Tokenizer:
+    """A tokenizer from the bytes of a ``tokenizer.json``."""
+    import tokenizers  # 3.6 MB resident: imported only by workers that count with one
+
+    tokenizer = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
     # Special tokens typed in a prompt are text, as with tiktoken's encode_ordinary. Set once
     # here, before the tokenizer is shared.
     tokenizer.encode_special_tokens = True
@@ -195,6 +198,19 @@ def _huggingface(name: str, tokenizer: tokenizers.Tokenizer, *, exact: bool) -> 
         return ids
 
     return Tokenizer(name, encode, exact=exact)
+
+
+def release_freed_heap() -> None:
+    """Give back to the system the heap a load used and freed; call it after loading.
+
+    glibc keeps freed memory for reuse, and parsing a ``tokenizer.json`` frees a lot: 29 of
+    DeepSeek-V3's 69 MB, 16 of Claude's 36 (tiktoken files leave nothing). Trimming takes a
+    few milliseconds; other C libraries have no such call.
+    """
+    if sys.platform.startswith("linux"):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
 
 
 def _load_llama3() -> Tokenizer:

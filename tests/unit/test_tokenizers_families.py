@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tokenizers
 
 from proxy.config import TokenizerRule
 from proxy.tokenization import loading
@@ -154,7 +155,7 @@ def test_long_text_counts_exactly_through_huggingface(counter: TokenCounter) -> 
     text = (SAMPLES["english-paragraph"] + " " + SAMPLES["chinese-paragraph"] + "\n") * 200
     tokenizer = counter.tokenizer("deepseek-v3")
     assert len(text) > 100_000
-    whole = loading.tokenizers.Tokenizer.from_str(
+    whole = tokenizers.Tokenizer.from_str(
         gzip.decompress((VOCAB / "deepseek-v3.tokenizer.json.gz").read_bytes()).decode()
     )
     assert tokenizer.count(text) == len(whole.encode(text, add_special_tokens=False).ids)
