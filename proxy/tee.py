@@ -20,6 +20,7 @@ from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
 _USAGE_NULL = b',"usage":null'
 _DONE = b"data: [DONE]"
+_USAGE_KEY = b'"usage"'
 # An event carrying counts: the bytes of a JSON key "usage" with an object for its value
 # (inside a JSON string the quotes would be escaped, so text cannot fake it).
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -137,7 +138,7 @@ class StreamTee:
         """``event_json(raw)`` when the accumulator must see the event now; else the event is
         kept for later and only ``[DONE]`` is told."""
         unparsed = self.unparsed
-        if unparsed is None or _USAGE_OBJECT.search(raw):
+        if unparsed is None or _carries_usage(raw):
             if unparsed is not None:
                 unparsed.append(raw)
             return event_json(raw)
@@ -217,6 +218,16 @@ class StreamTee:
         else:
             exchange.request_body = None
         self.sink.submit(exchange)
+
+
+def _carries_usage(raw: bytes) -> bool:
+    """Whether an event holds a usage object; cheap for the usual ``"usage":null`` or none."""
+    keys = raw.count(_USAGE_KEY)
+    if not keys:
+        return False
+    if keys == 1 and _USAGE_NULL in raw:
+        return False
+    return _USAGE_OBJECT.search(raw) is not None
 
 
 def elapsed_ms(started: float) -> float:
