@@ -132,8 +132,8 @@ class TokenCounter:
     def preload_default(self) -> Tokenizer:
         """Load now the tokenizer of models without a rule or a known family.
 
-        That is ``o200k_base`` unless a rule matches every name (``model: "*"``). Loading takes
-        about half a second of Python that holds the GIL: done at start-up, no request waits.
+        That is ``o200k_base`` unless a rule matches every name (``model: "*"``). A load holds
+        the GIL for about 0.3 s: done at start-up, no request waits for it.
         """
         return self.tokenizer_for("")
 
