@@ -73,14 +73,20 @@ class SSESplitter:
         """``feed`` when there is no CR to weigh: every blank line is the bytes LF LF, which
         ``find`` locates far faster than the regular expression (8% of a stream's CPU)."""
         buffer = self._buffer
-        buffer += chunk
+        # Usually a chunk starts a new event: cut it up as it is, without copying it first.
+        data: bytes | bytearray = chunk
+        if buffer:
+            buffer += chunk
+            data = buffer
         events: list[bytes] = []
         start = 0
-        while (end := buffer.find(b"\n\n", max(start, self._scan_from))) >= 0:
-            events.append(bytes(buffer[start : end + 2]))
+        while (end := data.find(b"\n\n", max(start, self._scan_from))) >= 0:
+            events.append(bytes(data[start : end + 2]))
             start = end + 2
-        if start:
+        if data is buffer:
             del buffer[:start]
+        else:
+            buffer += chunk[start:]
         # A separator straddling this chunk and the next starts at the last byte at most.
         self._scan_from = max(0, len(buffer) - 1)
         return events
