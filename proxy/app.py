@@ -58,7 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
         # that load holds the GIL for ~0.3 s (a stalled event loop), and its transient ranks,
         # freed among live objects, leave ~12 MB of fragmented heap. On this thread, as nothing
         # is served yet: in a worker thread's malloc arena the same vocabulary takes 5 MB more.
-        counter.preload_default()
+        if settings.metering.drift_sample_rate > 0:
+            # Without drift samples only answers lacking usage are counted: a proxy in front
+            # of providers that report usage never needs the ~47 MB of a vocabulary.
+            counter.preload_default()
         metrics = Metrics()
         writer = RecordWriter(
             engine,

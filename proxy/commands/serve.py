@@ -51,6 +51,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": int(settings.server.shutdown_grace),
         "loop": "uvloop",
         "http": "httptools",
+        "ws": "none",  # no WebSocket routes: no websockets module in memory
     }
     if args.workers <= 1:
         uvicorn.run(ProxyFastPath(create_app(settings)), **options)

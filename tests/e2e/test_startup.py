@@ -30,3 +30,29 @@ async def test_the_default_tokenizer_is_loaded_before_the_first_request(
         (record,) = await proxy.records(1)
     assert record["estimated_prompt_tokens"] is not None
     assert loads == ["o200k_base"]  # the sampled request found it loaded
+
+
+async def test_without_drift_samples_no_tokenizer_is_loaded_until_one_is_needed(
+    fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    real = tokens.load_builtin
+    monkeypatch.setattr(tokens, "load_builtin", lambda name: loads.append(name) or real(name))
+    settings = proxy_settings(
+        fake_upstream.base_url,
+        f"sqlite+aiosqlite:///{tmp_path}/t.db",
+        metering__drift_sample_rate=0,
+    )
+    chat = [{"role": "user", "content": "Hi"}]
+    async with start_proxy(settings) as proxy:
+        await proxy.sdk.chat.completions.create(model="gpt-4o-mini", messages=chat)  # type: ignore[arg-type]
+        await proxy.records(1)
+        assert loads == []  # the provider's usage was enough
+        await proxy.sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=chat,  # type: ignore[arg-type]
+            extra_headers={"X-Fake-Scenario": "no-usage"},
+        )
+        records = await proxy.records(2)
+    assert records[0]["usage_source"] == "estimated"
+    assert loads == ["o200k_base"]
