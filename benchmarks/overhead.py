@@ -145,7 +145,7 @@ def start_upstream(tmp: Path, nginx: bool) -> tuple[subprocess.Popen[bytes], int
 # -- the proxy -------------------------------------------------------------------------------
 
 
-def write_config(tmp: Path, json_port: int, stream_port: int) -> Path:
+def write_config(tmp: Path, json_port: int, stream_port: int, drift_sample_rate: float) -> Path:
     """Two routes by model, so that one nginx location per answer kind is enough."""
     config = tmp / "tallyproxy.yaml"
     routes = [
@@ -156,9 +156,13 @@ def write_config(tmp: Path, json_port: int, stream_port: int) -> Path:
     ]  # fmt: skip
     prices = [{"model": "gpt-4o-mini*", "input": "0.15", "output": "0.6"}]
     spool = str(tmp / "spool")
+    metering = {"drift_sample_rate": drift_sample_rate}
     config.write_text(
-        json.dumps({"upstreams": routes, "prices": prices, "database": {"spool_dir": spool}})
-    )
+        json.dumps(
+            {"upstreams": routes, "prices": prices, "database": {"spool_dir": spool},
+             "metering": metering}
+        )
+    )  # fmt: skip
     return config
 
 
@@ -366,6 +370,10 @@ def main() -> int:
     parser.add_argument("--python-load", action="store_true", help="not wrk")
     parser.add_argument("--only", choices=["json", "stream"], help="one kind of answer")
     parser.add_argument(
+        "--drift-sample-rate", type=float, default=0.05,
+        help="share of requests also counted locally (0: no tokenizer is ever loaded)",
+    )  # fmt: skip
+    parser.add_argument(
         "--soak", type=int, default=0, metavar="N",
         help="then N more requests, printing the proxy's memory every 30 s",
     )  # fmt: skip
@@ -386,7 +394,7 @@ def main() -> int:
     database_url, database = start_database(args.database_url)
     upstream, json_port, stream_port = start_upstream(tmp, use_nginx)
     proxy_port = free_port()
-    config = write_config(tmp, json_port, stream_port)
+    config = write_config(tmp, json_port, stream_port, args.drift_sample_rate)
     proxy_cmd = [
         sys.executable, "-m", "proxy", "serve", "--config", str(config),
         "--port", str(proxy_port), "--database-url", database_url, "--log-level", "warning",
