@@ -14,6 +14,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+ROOTS = (
+    "<frozen runpy>)", "proxy/__main__.py)", "proxy/cli.py)", "proxy/commands/serve.py)",
+    "uvicorn/main.py)", "uvicorn/server.py)", "uvicorn/_compat.py)", "asyncio/runners.py)",
+    "threading.py)", "concurrent/futures/thread.py)",
+)  # fmt: skip
+"""Files of the frames under every sample of their thread: their inclusive time says nothing."""
+
 
 def record(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | None:
     """Start sampling ``pid`` and its subprocesses for ``seconds``; None without py-spy."""
@@ -47,7 +54,8 @@ def top_entries(
         total += hits
         own[frames[-1]] += hits
         for frame in set(frames):
-            inclusive[frame] += hits
+            if not frame.endswith(ROOTS):
+                inclusive[frame] += hits
     return total, own.most_common(count), inclusive.most_common(count)
 
 
