@@ -39,13 +39,23 @@ class _Session:
     read_at: float | None = None
     # record id -> (cost, when noted): this process's records not seen stored at the last read.
     pending: dict[str, tuple[Decimal, float]] = field(default_factory=dict)
+    # Their sum, kept as they come and go: summing them per request was quadratic in a busy
+    # session (20,000 records between two reads at 4,000 requests/s).
+    pending_total: Decimal = Decimal(0)
     reading: asyncio.Task[None] | None = None
 
     def total(self) -> Decimal:
-        total = self.stored or Decimal(0)
-        for cost, _ in self.pending.values():
-            total = EXACT.add(total, cost)
-        return total
+        return EXACT.add(self.stored or Decimal(0), self.pending_total)
+
+    def add_pending(self, record_id: str, cost: Decimal) -> None:
+        self.forget(record_id)
+        self.pending[record_id] = (cost, time.monotonic())
+        self.pending_total = EXACT.add(self.pending_total, cost)
+
+    def forget(self, record_id: str) -> None:
+        entry = self.pending.pop(record_id, None)
+        if entry is not None:
+            self.pending_total = EXACT.subtract(self.pending_total, entry[0])
 
 
 class SessionCosts:
@@ -59,8 +69,7 @@ class SessionCosts:
 
     def note(self, session_id: str, record_id: str, cost: Decimal) -> None:
         """Remember a priced record of the session that the database may not have yet."""
-        session = self._session(session_id)
-        session.pending[record_id] = (cost, time.monotonic())
+        self._session(session_id).add_pending(record_id, cost)
 
     async def running_total(self, exchange: Exchange) -> Decimal | None:
         """The cost of the exchange's session including the exchange, when both are known."""
@@ -102,7 +111,7 @@ class SessionCosts:
         now = time.monotonic()
         pending = session.pending
         for record_id in [r for r, (_, at) in pending.items() if now - at > MAX_PENDING_AGE]:
-            del pending[record_id]
+            session.forget(record_id)
         waiting = list(pending)
         try:
             stored_total, stored_ids = await self._read(session_id, waiting)
@@ -111,7 +120,7 @@ class SessionCosts:
             log.warning("session cost of %r not read: %s", session_id, exc)
             raise
         for record_id in stored_ids:
-            pending.pop(record_id, None)
+            session.forget(record_id)
         session.stored = stored_total
         session.read_at = now
 
