@@ -24,8 +24,9 @@ _USAGE_KEY = b'"usage"'
 # An event carrying counts: the bytes of a JSON key "usage" with an object for its value
 # (inside a JSON string the quotes would be escaped, so text cannot fake it).
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_LAZY_LIMIT = 1 << 20
-"""Bytes of unparsed events a stream may hold; past that, every event is parsed as it comes."""
+_LAZY_LIMIT = 256 * 1024
+"""Bytes of unparsed events a stream may hold (about 1,000 chunks); past that, every event is
+parsed as it comes, so 64 long streams hold 16 MB at most."""
 _TAIL_EVENTS = 4
 """Last events read for the end of a stream (finish reason, message_stop) when the rest is
 not needed."""
