@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
 
 import orjson
@@ -151,11 +151,7 @@ class StreamTee:
 
     def _read_all(self) -> None:
         """Feed every event so far, in order, to a fresh accumulator; feed all from now on."""
-        accumulator = self.accumulator = StreamAccumulator()
-        for raw in self.unparsed or ():
-            event_type, event, _ = event_json(raw)
-            if event is not None:
-                accumulator.feed(event, event_type)
+        self.accumulator = _accumulated(self.unparsed or ())
         self.unparsed = None
 
     def _settle(self) -> bool:
@@ -168,11 +164,7 @@ class StreamTee:
         if self.response.is_success and wants_estimate(exchange):
             self._read_all()
             return self.accumulator.finished
-        tail = StreamAccumulator()
-        for raw in self.unparsed[-_TAIL_EVENTS:]:
-            event_type, event, _ = event_json(raw)
-            if event is not None:
-                tail.feed(event, event_type)
+        tail = _accumulated(self.unparsed[-_TAIL_EVENTS:])
         self.unparsed = None
         self.accumulator.response_model = self.accumulator.response_model or tail.response_model
         return self.accumulator.finished or tail.finished
@@ -219,6 +211,16 @@ class StreamTee:
         else:
             exchange.request_body = None
         self.sink.submit(exchange)
+
+
+def _accumulated(events: Iterable[bytes]) -> StreamAccumulator:
+    """A fresh accumulator fed ``events``, in order."""
+    accumulator = StreamAccumulator()
+    for raw in events:
+        event_type, event, _ = event_json(raw)
+        if event is not None:
+            accumulator.feed(event, event_type)
+    return accumulator
 
 
 def _carries_usage(raw: bytes) -> bool:

@@ -128,14 +128,14 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
-def _insert(connection: AsyncConnection, table: Any) -> Any:
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+def _insert(dialect_name: str, table: Any) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(table)
 
 
 async def _insert_requests(connection: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
     statement = (
-        _insert(connection, requests)
+        _insert(connection.dialect.name, requests)
         .on_conflict_do_nothing(index_elements=[requests.c.id])
         .returning(requests.c.id)
     )
@@ -188,7 +188,7 @@ async def _upsert_sessions(connection: AsyncConnection, rows: list[dict[str, Any
 def _session_upsert(dialect_name: str) -> Any:
     """The statement adding a batch's totals to ``sessions``; built once per dialect (it
     took milliseconds to build, per batch)."""
-    statement = (postgresql if dialect_name == "postgresql" else sqlite).insert(sessions)
+    statement = _insert(dialect_name, sessions)
     new = statement.excluded
     old = sessions.c
     additive = ("requests", *TOKEN_FIELDS, "unpriced_requests")
