@@ -6,17 +6,24 @@
   skips on an external server and makes sure the server runs again afterwards.
 - ``postgres_url`` (function): URL of a fresh empty database on it.
 - ``database_url`` (function, ids ``sqlite`` and ``postgres``): a fresh database of each kind.
+- ``engine`` / ``postgres_engine`` (function): an engine on that database, migrated.
+- ``tokenizer_loads`` (function): the built-in vocabularies loaded during the test, in order.
 - ``fake_upstream`` / ``fake_upstream_url`` (function): a running :class:`FakeUpstream` and its
   ``/v1`` base URL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy import tokens
+from proxy.store.engine import create_engine
+from proxy.store.migrate import upgrade_database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.postgres import PostgresServer
 
@@ -64,6 +71,42 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'tally.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@contextlib.asynccontextmanager
+async def migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(url)
+    await upgrade_database(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated, empty database of each kind."""
+    async with migrated_engine(database_url) as engine:
+        yield engine
+
+
+@pytest.fixture
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    async with migrated_engine(postgres_url) as engine:
+        yield engine
+
+
+@pytest.fixture
+def tokenizer_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loads: list[str] = []
+    real = tokens.load_builtin
+
+    def counting(name: str) -> tokens.Tokenizer:
+        loads.append(name)
+        return real(name)
+
+    monkeypatch.setattr(tokens, "load_builtin", counting)
+    return loads
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -14,21 +13,11 @@ from proxy.access.budgets import Budget, Hold, budget_of
 from proxy.access.periods import TOTAL_START, period_end, period_start
 from proxy.errors import BudgetExceeded
 from proxy.store.budgets import RESERVATION_TTL, BudgetStore
-from proxy.store.engine import create_engine
-from proxy.store.migrate import upgrade_database
 from proxy.store.rows import write_records
 from proxy.usage import Usage
 from tests.store.factory import make_record
 
 T = datetime(2026, 11, 23, 10, 59, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await upgrade_database(engine)
-    yield engine
-    await engine.dispose()
 
 
 async def _budget(store: BudgetStore, **fields: object) -> Budget:

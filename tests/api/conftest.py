@@ -9,22 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.api.usage import usage_router
 from proxy.records import RequestRecord
-from proxy.store.engine import create_engine
-from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
 from proxy.store.writer import RecordWriter
 
 
 def identity(records: list[RequestRecord]) -> list[RequestRecord]:
     return records
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await upgrade_database(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -4,40 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from proxy import tokens
 from tests.e2e.conftest import proxy_settings, start_proxy
 from tests.support.fake_upstream import FakeUpstream
 
 
 async def test_the_default_tokenizer_is_loaded_before_the_first_request(
-    fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_upstream: FakeUpstream, tmp_path: Path, tokenizer_loads: list[str]
 ) -> None:
-    loads: list[str] = []
-    real = tokens.load_builtin
-    monkeypatch.setattr(tokens, "load_builtin", lambda name: loads.append(name) or real(name))
     settings = proxy_settings(
         fake_upstream.base_url,
         f"sqlite+aiosqlite:///{tmp_path}/t.db",
         metering__drift_sample_rate=1,
     )
     async with start_proxy(settings) as proxy:
-        assert loads == ["o200k_base"]
+        assert tokenizer_loads == ["o200k_base"]
         await proxy.sdk.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
         )
         (record,) = await proxy.records(1)
     assert record["estimated_prompt_tokens"] is not None
-    assert loads == ["o200k_base"]  # the sampled request found it loaded
+    assert tokenizer_loads == ["o200k_base"]  # the sampled request found it loaded
 
 
 async def test_without_drift_samples_no_tokenizer_is_loaded_until_one_is_needed(
-    fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_upstream: FakeUpstream, tmp_path: Path, tokenizer_loads: list[str]
 ) -> None:
-    loads: list[str] = []
-    real = tokens.load_builtin
-    monkeypatch.setattr(tokens, "load_builtin", lambda name: loads.append(name) or real(name))
     settings = proxy_settings(
         fake_upstream.base_url,
         f"sqlite+aiosqlite:///{tmp_path}/t.db",
@@ -47,7 +38,7 @@ async def test_without_drift_samples_no_tokenizer_is_loaded_until_one_is_needed(
     async with start_proxy(settings) as proxy:
         await proxy.sdk.chat.completions.create(model="gpt-4o-mini", messages=chat)  # type: ignore[arg-type]
         await proxy.records(1)
-        assert loads == []  # the provider's usage was enough
+        assert tokenizer_loads == []  # the provider's usage was enough
         await proxy.sdk.chat.completions.create(
             model="gpt-4o-mini",
             messages=chat,  # type: ignore[arg-type]
@@ -55,4 +46,4 @@ async def test_without_drift_samples_no_tokenizer_is_loaded_until_one_is_needed(
         )
         records = await proxy.records(2)
     assert records[0]["usage_source"] == "estimated"
-    assert loads == ["o200k_base"]
+    assert tokenizer_loads == ["o200k_base"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -14,8 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.store import copy as copy_module
 from proxy.store import rows as rows_module
 from proxy.store.copy import copy_requests
-from proxy.store.engine import create_engine
-from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
 from proxy.store.rows import _insert_requests, is_permanent, record_row, write_records
 from proxy.store.tables import requests
@@ -86,14 +83,6 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"created_at": datetime(2025, 3, 1, 1, 30, 0, 123456, tzinfo=UTC)},
     ),
 }
-
-
-@pytest.fixture
-async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(postgres_url)
-    await upgrade_database(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

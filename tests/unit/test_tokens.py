@@ -215,16 +215,13 @@ def test_a_loaded_tokenizer_keeps_no_python_copy_of_its_vocabulary(name: str) ->
 
 
 def test_preload_default_loads_what_unknown_and_new_openai_models_use(
-    monkeypatch: pytest.MonkeyPatch,
+    tokenizer_loads: list[str],
 ) -> None:
-    loads: list[str] = []
-    real = tokens.load_builtin
-    monkeypatch.setattr(tokens, "load_builtin", lambda name: loads.append(name) or real(name))
     fresh = TokenCounter()
     assert fresh.preload_default().name == "o200k_base"
     fresh.count_text("gpt-4o-mini", "hello")
     fresh.count_text("some-unknown-model", "hello")
-    assert loads == ["o200k_base"]
+    assert tokenizer_loads == ["o200k_base"]
 
 
 def test_preload_default_follows_a_rule_for_every_model() -> None:
