@@ -370,7 +370,7 @@ def main() -> int:
     parser.add_argument("--python-load", action="store_true", help="not wrk")
     parser.add_argument("--only", choices=["json", "stream"], help="one kind of answer")
     parser.add_argument(
-        "--drift-sample-rate", type=float, default=0.05,
+        "--drift-sample-rate", type=float, default=0.0,
         help="share of requests also counted locally (0: no tokenizer is ever loaded)",
     )  # fmt: skip
     parser.add_argument(

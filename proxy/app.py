@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         # is served yet: in a worker thread's malloc arena the same vocabulary takes 5 MB more.
         if settings.metering.drift_sample_rate > 0:
             # Without drift samples only answers lacking usage are counted: a proxy in front
-            # of providers that report usage never needs the ~47 MB of a vocabulary.
+            # of providers that report usage never needs the ~43 MB of a vocabulary.
             counter.preload_default()
         metrics = Metrics()
         writer = RecordWriter(

@@ -157,7 +157,9 @@ class TokenizerRule(_Section):
 
 
 class MeteringSettings(_Section):
-    drift_sample_rate: float = Field(default=0.05, ge=0, le=1)
+    # Off by default: a sample needs a vocabulary resident (o200k_base ~43 MB), which a proxy
+    # in front of providers that report usage otherwise never loads.
+    drift_sample_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class AccessSettings(_Section):

@@ -26,14 +26,13 @@ async def test_the_default_tokenizer_is_loaded_before_the_first_request(
     assert tokenizer_loads == ["o200k_base"]  # the sampled request found it loaded
 
 
-async def test_without_drift_samples_no_tokenizer_is_loaded_until_one_is_needed(
+async def test_by_default_no_tokenizer_is_loaded_until_one_is_needed(
     fake_upstream: FakeUpstream, tmp_path: Path, tokenizer_loads: list[str]
 ) -> None:
-    settings = proxy_settings(
-        fake_upstream.base_url,
-        f"sqlite+aiosqlite:///{tmp_path}/t.db",
-        metering__drift_sample_rate=0,
-    )
+    # Drift sampling is off unless configured: no vocabulary (~43 MB) for providers that
+    # report usage.
+    settings = proxy_settings(fake_upstream.base_url, f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    assert settings.metering.drift_sample_rate == 0
     chat = [{"role": "user", "content": "Hi"}]
     async with start_proxy(settings) as proxy:
         await proxy.sdk.chat.completions.create(model="gpt-4o-mini", messages=chat)  # type: ignore[arg-type]
