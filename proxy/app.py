@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
             # of providers that report usage never needs the ~43 MB of a vocabulary.
             counter.preload_default()
         metrics = Metrics()
+        session_costs = SessionCosts(engine)
         writer = RecordWriter(
             engine,
             metrics.observing(partial(meter_batch, counter, prices)),
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
             spool=Spool(settings.database.spool_dir, settings.database.spool_max_bytes),
+            on_stored=session_costs.confirm_stored,
         )
         await writer.start()
         client = _upstream_client(settings)
@@ -100,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.routes,
             writer,
             prices,
-            SessionCosts(engine),
+            session_costs,
             settings.server.max_body_bytes,
             settings.metering.drift_sample_rate,
             gate=app.state.gate,

@@ -1,9 +1,16 @@
 """A session's running cost for the caller, at once: stored total plus what is not stored yet.
 
-The database holds the session total of every record the writers have stored. Records of
-this process still on their way (queued, in a batch, in the spool) are kept here by id until
-the database shows them. One statement reads both the stored total and which of those ids are
-stored, so a batch committed meanwhile is counted exactly once.
+The database holds the session total of every record the writers have stored. This process's
+records are noted here when they are answered, and leave in one of two ways:
+
+- the writer confirms it committed them (``confirm_stored``): their cost moves into a sum of
+  committed costs, and their ids are dropped, because the next read will see them;
+- a read finds them stored: one statement reads both the stored total and which of the still
+  unconfirmed ids are stored, so a batch committed meanwhile is counted exactly once.
+
+So only records not yet committed (queued, in a batch, spooled while the database is away)
+are kept by id, and only those are asked about: a busy session's ids no longer pile up
+between two reads.
 
 The database is read once per session per ``refresh`` seconds, not per request: between
 reads, the stored total read last plus this process's records since is exact for this
@@ -16,13 +23,16 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import literal, null, select, union_all
+from sqlalchemy import String, any_, bindparam, literal, null, select, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.records import Exchange
+from proxy.records import Exchange, RequestRecord
 from proxy.store.tables import requests, sessions
 from proxy.store.types import EXACT
 
@@ -32,30 +42,85 @@ MAX_SESSIONS = 10_000
 MAX_PENDING_AGE = 900.0
 """Seconds after which an unseen record is forgotten (the database was down that long)."""
 
+ZERO = Decimal(0)
+
 
 @dataclass
 class _Session:
     stored: Decimal | None = None
     read_at: float | None = None
-    # record id -> (cost, when noted): this process's records not seen stored at the last read.
+    # record id -> (cost, when noted): this process's records not known to be stored.
     pending: dict[str, tuple[Decimal, float]] = field(default_factory=dict)
-    # Their sum, kept as they come and go: summing them per request was quadratic in a busy
-    # session (20,000 records between two reads at 4,000 requests/s).
-    pending_total: Decimal = Decimal(0)
+    # Their sum, kept as they come and go rather than summed per request.
+    pending_total: Decimal = ZERO
+    # Costs of records the writer committed since the last read began: the next read sees them.
+    committed_total: Decimal = ZERO
+    # While a read is on its way: the committed costs and ids it will see for sure, and the
+    # pending ids it asks about. Ids committed meanwhile stay pending until it ends.
     reading: asyncio.Task[None] | None = None
+    in_read_total: Decimal = ZERO
+    seen_for_sure: set[str] = field(default_factory=set)
+    asked: frozenset[str] = frozenset()
+    committed_during_read: set[str] = field(default_factory=set)
 
     def total(self) -> Decimal:
-        return EXACT.add(self.stored or Decimal(0), self.pending_total)
+        seen = EXACT.add(self.stored or ZERO, self.in_read_total)
+        return EXACT.add(EXACT.add(seen, self.committed_total), self.pending_total)
 
     def add_pending(self, record_id: str, cost: Decimal) -> None:
         self.forget(record_id)
         self.pending[record_id] = (cost, time.monotonic())
         self.pending_total = EXACT.add(self.pending_total, cost)
 
-    def forget(self, record_id: str) -> None:
+    def forget(self, record_id: str) -> Decimal | None:
+        """Drop a pending record; its cost, or None when it was not pending."""
         entry = self.pending.pop(record_id, None)
-        if entry is not None:
-            self.pending_total = EXACT.subtract(self.pending_total, entry[0])
+        if entry is None:
+            return None
+        self.committed_during_read.discard(record_id)
+        self.pending_total = EXACT.subtract(self.pending_total, entry[0])
+        return entry[0]
+
+    def committed(self, record_id: str) -> None:
+        """The writer stored the record. With no read on its way, any later read sees it:
+        its cost joins the committed sum and its id goes. During a read, whether that read
+        saw it is unknown; it is settled when the read ends."""
+        if record_id not in self.pending:
+            return
+        if self.reading is None:
+            self._fold(record_id)
+        else:
+            self.committed_during_read.add(record_id)
+
+    def _fold(self, record_id: str) -> None:
+        cost = self.forget(record_id)
+        if cost is not None:
+            self.committed_total = EXACT.add(self.committed_total, cost)
+
+    def begin_read(self) -> list[str]:
+        """The pending ids a read must ask about; the others it will see for sure."""
+        self.seen_for_sure, self.committed_during_read = self.committed_during_read, set()
+        self.in_read_total, self.committed_total = self.committed_total, ZERO
+        asked = [record_id for record_id in self.pending if record_id not in self.seen_for_sure]
+        self.asked = frozenset(asked)
+        return asked
+
+    def end_read(self, stored: Decimal | None, stored_ids: Iterable[str], at: float) -> None:
+        for record_id in (*stored_ids, *self.seen_for_sure):
+            self.forget(record_id)
+        # Asked, not found stored, then committed: committed after the read's snapshot.
+        for record_id in self.committed_during_read & self.asked:
+            self._fold(record_id)
+        self.stored, self.read_at = stored, at
+        self._read_over()
+
+    def read_failed(self) -> None:
+        self.committed_total = EXACT.add(self.committed_total, self.in_read_total)
+        self.committed_during_read |= self.seen_for_sure & self.pending.keys()
+        self._read_over()
+
+    def _read_over(self) -> None:
+        self.in_read_total, self.seen_for_sure, self.asked = ZERO, set(), frozenset()
 
 
 class SessionCosts:
@@ -66,10 +131,19 @@ class SessionCosts:
         self._timeout = timeout
         self._refresh = refresh
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
+        self._postgres = engine.dialect.name == "postgresql"
 
     def note(self, session_id: str, record_id: str, cost: Decimal) -> None:
         """Remember a priced record of the session that the database may not have yet."""
         self._session(session_id).add_pending(record_id, cost)
+
+    def confirm_stored(self, records: Iterable[RequestRecord]) -> None:
+        """The writer's word, after a commit, that ``records`` are in the database."""
+        for record in records:
+            if record.session_id is not None:
+                session = self._sessions.get(record.session_id)
+                if session is not None:
+                    session.committed(record.id)
 
     async def running_total(self, exchange: Exchange) -> Decimal | None:
         """The cost of the exchange's session including the exchange, when both are known."""
@@ -112,35 +186,36 @@ class SessionCosts:
         pending = session.pending
         for record_id in [r for r, (_, at) in pending.items() if now - at > MAX_PENDING_AGE]:
             session.forget(record_id)
-        waiting = list(pending)
-        try:
-            stored_total, stored_ids = await self._read(session_id, waiting)
-        except Exception as exc:
-            # A header is a courtesy: a database problem must not fail the request.
-            log.warning("session cost of %r not read: %s", session_id, exc)
-            raise
-        for record_id in stored_ids:
-            session.forget(record_id)
-        session.stored = stored_total
-        session.read_at = now
+        async with self._engine.connect() as connection:
+            # Taken once the connection is ours: what the writer confirmed before this point
+            # is committed before the statement below starts, so its snapshot holds it.
+            asked = session.begin_read()
+            try:
+                rows = (await connection.execute(self._statement(session_id, asked))).all()
+            except Exception as exc:
+                session.read_failed()
+                # A header is a courtesy: a database problem must not fail the request.
+                log.warning("session cost of %r not read: %s", session_id, exc)
+                raise
+        stored = next((row[1] for row in rows if row[0] is None), None)
+        stored_ids = [row[0] for row in rows if row[0] is not None]
+        session.end_read(stored, stored_ids, now)
 
-    async def _read(
-        self, session_id: str, record_ids: list[str]
-    ) -> tuple[Decimal | None, set[str]]:
+    def _statement(self, session_id: str, record_ids: list[str]) -> Any:
         # One statement, one snapshot: the total and the ids are read at the same instant.
         stored_total = select(null().label("id"), sessions.c.cost_usd).where(
             sessions.c.session_id == session_id
         )
-        statement = stored_total
-        if record_ids:
-            stored_ids = select(requests.c.id, literal(None, sessions.c.cost_usd.type)).where(
-                requests.c.id.in_(record_ids)
-            )
-            statement = union_all(stored_total, stored_ids)  # type: ignore[assignment]
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
-        total = next((row[1] for row in rows if row[0] is None), None)
-        return total, {row[0] for row in rows if row[0] is not None}
+        if not record_ids:
+            return stored_total
+        if self._postgres:
+            # One array parameter: one statement text (and one prepared statement) whatever
+            # the number of ids, where IN (...) made a new one for every count.
+            matches = requests.c.id == any_(bindparam("ids", record_ids, type_=ARRAY(String)))
+        else:
+            matches = requests.c.id.in_(record_ids)
+        unconfirmed = select(requests.c.id, literal(None, sessions.c.cost_usd.type)).where(matches)
+        return union_all(stored_total, unconfirmed)
 
 
 def _finished(session: _Session) -> None:

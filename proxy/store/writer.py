@@ -82,6 +82,7 @@ class RecordWriter(Generic[T]):
         spool: Spool | None = None,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         linger: float = DEFAULT_LINGER,
+        on_stored: Callable[[list[RequestRecord]], None] | None = None,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
             raise ValueError(
@@ -96,6 +97,7 @@ class RecordWriter(Generic[T]):
         self._max_lag = max_lag
         self._spool = spool
         self._write_timeout = write_timeout
+        self._on_stored = on_stored
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -343,8 +345,7 @@ class RecordWriter(Generic[T]):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_DELAY)
                 continue
-            self.written_total += inserted
-            self.last_flush_at = datetime.now(UTC)
+            self._stored(records, inserted)
             return
 
     async def _write_one_by_one(self, records: list[RequestRecord]) -> None:
@@ -364,8 +365,7 @@ class RecordWriter(Generic[T]):
                 raise
             await self._write_with_retry([record])  # transient: the usual retry loop
             return
-        self.written_total += inserted
-        self.last_flush_at = datetime.now(UTC)
+        self._stored([record], inserted)
 
     # -- with a spool: a pump and a database stage ------------------------------------------
 
@@ -491,8 +491,7 @@ class RecordWriter(Generic[T]):
 
     async def _insert(self, records: list[RequestRecord]) -> None:
         inserted = await asyncio.wait_for(write_records(self._engine, records), self._write_timeout)
-        self.written_total += inserted
-        self.last_flush_at = datetime.now(UTC)
+        self._stored(records, inserted)
         if self._down_since is not None:
             assert self._spool is not None
             log.warning(
@@ -502,6 +501,17 @@ class RecordWriter(Generic[T]):
             )
             self._down_since = None
             self._retry_at = 0.0
+
+    def _stored(self, records: list[RequestRecord], inserted: int) -> None:
+        """After a commit: count it, and tell ``on_stored`` these records are in the database
+        (inserted now, or by an earlier write that only seemed to fail)."""
+        self.written_total += inserted
+        self.last_flush_at = datetime.now(UTC)
+        if self._on_stored is not None:
+            try:
+                self._on_stored(records)
+            except Exception:
+                log.exception("on_stored failed for a batch of %d records", len(records))
 
     def _database_failed(self, exc: Exception, count: int) -> None:
         assert self._spool is not None
