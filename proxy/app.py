@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.budgets.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
+            await session_costs.close()
             await engine.dispose()
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -174,6 +174,14 @@ class SessionCosts:
             return None  # logged once by the reading task
         return session.total()
 
+    async def close(self) -> None:
+        """Stop the reads on their way, before the engine goes: none is left holding a
+        connection."""
+        reads = [s.reading for s in self._sessions.values() if s.reading is not None]
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+
     def _session(self, session_id: str) -> _Session:
         session = self._sessions.pop(session_id, None) or _Session()
         self._sessions[session_id] = session
@@ -192,10 +200,11 @@ class SessionCosts:
             asked = session.begin_read()
             try:
                 rows = (await connection.execute(self._statement(session_id, asked))).all()
-            except Exception as exc:
+            except BaseException as exc:  # cancelled (shutdown) too: the state must be whole
                 session.read_failed()
-                # A header is a courtesy: a database problem must not fail the request.
-                log.warning("session cost of %r not read: %s", session_id, exc)
+                if isinstance(exc, Exception):
+                    # A header is a courtesy: a database problem must not fail the request.
+                    log.warning("session cost of %r not read: %s", session_id, exc)
                 raise
         stored = next((row[1] for row in rows if row[0] is None), None)
         stored_ids = [row[0] for row in rows if row[0] is not None]

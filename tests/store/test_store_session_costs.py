@@ -54,11 +54,11 @@ async def test_running_total_stays_exact_while_the_writer_commits(
     session = costs._sessions["busy"]
     assert session.pending == {}  # every id confirmed by the writer: none kept
     assert await costs.total("busy") == expected
-    await asyncio.sleep(0)  # the last read, begun above, settles
-    if session.reading is not None:
-        await session.reading
-    assert await costs.total("busy") == expected
-    assert session.stored == expected  # the database agrees once read
+    await costs.close()
+    assert await costs.total("busy") == expected  # a last read, awaited below
+    assert session.reading is not None
+    await session.reading
+    assert session.stored == expected  # the database agrees
 
 
 async def test_postgres_asks_for_any_number_of_ids_with_one_statement(
@@ -79,3 +79,4 @@ async def test_postgres_asks_for_any_number_of_ids_with_one_statement(
     record = make_record(session_id="s", cost_usd=Decimal("0.25"))
     costs.note("s", record.id, Decimal("0.25"))
     assert await costs.total("s") == Decimal("0.25")  # the array form runs, too
+    await costs.close()
