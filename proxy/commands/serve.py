@@ -37,9 +37,6 @@ def register(commands: Any) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from proxy.app import create_app
-    from proxy.fastpath import ProxyFastPath
-
     options: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,
@@ -54,8 +51,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         "ws": "none",  # no WebSocket routes: no websockets module in memory
     }
     if args.workers <= 1:
-        uvicorn.run(ProxyFastPath(create_app(settings)), **options)
+        uvicorn.run(worker_app(settings), **options)
         return 0
+    # The supervisor only starts and watches the workers: it never imports the app (~70 MB).
     with tempfile.TemporaryDirectory(prefix="tallyproxy-") as private:
         _hand_settings_to_workers(settings, Path(private))
         uvicorn.run(
@@ -64,12 +62,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_app() -> ProxyFastPath:
-    """The app of one ``--workers`` process, from the settings its parent resolved."""
+def worker_app(settings: Settings | None = None) -> ProxyFastPath:
+    """The app of one process; a ``--workers`` process reads the settings its parent resolved."""
     from proxy.app import create_app
     from proxy.fastpath import ProxyFastPath
 
-    return ProxyFastPath(create_app(load_settings()))
+    return ProxyFastPath(create_app(settings or load_settings()))
 
 
 def _hand_settings_to_workers(settings: Settings, directory: Path) -> None:

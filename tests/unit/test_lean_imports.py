@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_the_app_imports_neither_alembic_nor_hugging_face_tokenizers() -> None:
@@ -14,3 +15,17 @@ def test_the_app_imports_neither_alembic_nor_hugging_face_tokenizers() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert imported.stdout.strip() == "[]"
+
+
+def test_the_workers_supervisor_does_not_import_the_app(tmp_path: Path) -> None:
+    # `serve --workers N` only starts and watches the workers; each imports the app itself.
+    code = (
+        "import sys, uvicorn; uvicorn.run = lambda *args, **kwargs: None\n"
+        "from proxy.cli import main\n"
+        "main(['serve', '--workers', '2', '--database-url', 'sqlite+aiosqlite:///unused.db'])\n"
+        "print('proxy.app' in sys.modules)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert imported.stdout.strip() == "False"
