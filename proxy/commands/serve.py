@@ -67,7 +67,7 @@ def worker_app(settings: Settings | None = None) -> ProxyFastPath:
     from proxy.app import create_app
     from proxy.fastpath import ProxyFastPath
 
-    return ProxyFastPath(create_app(settings or load_settings()))
+    return ProxyFastPath(create_app(settings if settings is not None else load_settings()))
 
 
 def _hand_settings_to_workers(settings: Settings, directory: Path) -> None:

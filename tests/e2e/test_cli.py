@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -19,13 +20,24 @@ def serve_command(port: int, *flags: str) -> list[str]:
     return [sys.executable, "-m", "proxy", "serve", "--port", str(port), *flags]
 
 
+def serve_env(upstream: FakeUpstream, database_url: str) -> dict[str, str]:
+    return {"TALLYPROXY_UPSTREAM_URL": upstream.base_url, "TALLYPROXY_DATABASE_URL": database_url}
+
+
+async def stored_session(session_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """The session as a freshly started proxy (the database given by flag) reads it."""
+    port = free_port()
+    flags = ("--database-url", env["TALLYPROXY_DATABASE_URL"])
+    with run_process_server(serve_command(port, *flags), port, env):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
+            session: dict[str, Any] = (await api.get(f"/usage/sessions/{session_id}")).json()
+    return session
+
+
 async def test_serve_by_environment_and_shutdown_keeps_every_record(
     fake_upstream: FakeUpstream, database_url: str, tmp_path: Path
 ) -> None:
-    env = {
-        "TALLYPROXY_UPSTREAM_URL": fake_upstream.base_url,
-        "TALLYPROXY_DATABASE_URL": database_url,
-    }
+    env = serve_env(fake_upstream, database_url)
     port = free_port()
     with run_process_server(serve_command(port), port, env) as process:
         async with openai.AsyncOpenAI(
@@ -41,10 +53,7 @@ async def test_serve_by_environment_and_shutdown_keeps_every_record(
         # uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM.
         assert stop_process(process) in (0, -signal.SIGTERM)
 
-    port = free_port()
-    with run_process_server(serve_command(port, "--database-url", database_url), port, env):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
-            session = (await api.get("/usage/sessions/cli")).json()
+    session = await stored_session("cli", env)
     assert session["requests"] == 20
     assert session["total_tokens"] == 20 * fake_upstream.usage.total_tokens
 
@@ -62,10 +71,7 @@ def worker_processes(pid: int) -> list[int]:
 async def test_two_workers_share_the_port_and_the_database_and_lose_nothing(
     fake_upstream: FakeUpstream, database_url: str
 ) -> None:
-    env = {
-        "TALLYPROXY_UPSTREAM_URL": fake_upstream.base_url,
-        "TALLYPROXY_DATABASE_URL": database_url,
-    }
+    env = serve_env(fake_upstream, database_url)
     port = free_port()
     with run_process_server(serve_command(port, "--workers", "2"), port, env) as supervisor:
         assert len(worker_processes(supervisor.pid)) == 2
@@ -84,10 +90,7 @@ async def test_two_workers_share_the_port_and_the_database_and_lose_nothing(
             await asyncio.gather(*(client(n) for n in range(8)))
         assert stop_process(supervisor) in (0, -signal.SIGTERM)  # each worker flushes
 
-    port = free_port()
-    with run_process_server(serve_command(port, "--database-url", database_url), port, env):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
-            session = (await api.get("/usage/sessions/workers")).json()
+    session = await stored_session("workers", env)
     assert session["requests"] == 40
     assert session["total_tokens"] == 40 * fake_upstream.usage.total_tokens
 
