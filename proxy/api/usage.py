@@ -44,7 +44,7 @@ def usage_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
         ("/usage/requests", list_requests),
         ("/usage/requests/{request_id}", get_request),
         ("/usage/sessions", list_sessions),
-        ("/usage/sessions/{session_id}", get_session),
+        ("/usage/sessions/{session_id:path}", get_session),  # an id may hold "/"
         ("/usage/summary", summary),
     ):
         router.add_api_route(path, endpoint, methods=["GET"], dependencies=guarded, tags=["usage"])

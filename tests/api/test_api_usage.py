@@ -5,6 +5,7 @@ import logging
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -126,6 +127,18 @@ async def test_bad_parameters_are_400_in_openai_shape(
     client: httpx.AsyncClient, path: str, query: dict[str, str], param: str
 ) -> None:
     assert_error(await client.get(path, params=query), 400, param)
+
+
+async def test_any_session_id_an_app_sends_can_be_fetched(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    # X-Session-Id is the app's own text: slashes, spaces, percent signs all occur.
+    for session_id in ("team/alpha/run 7", "50% off", "trailing/"):
+        await write_records(engine, [make_record(session_id=session_id)])
+        quoted = httpx.URL("/usage/sessions/").join(quote(session_id, safe=""))
+        body = (await client.get(quoted)).json()
+        assert body["session_id"] == session_id
+        assert body["requests"] == 1
 
 
 async def test_sessions(client: httpx.AsyncClient, stored: list[RequestRecord]) -> None:
