@@ -158,3 +158,13 @@ def test_huge_header_is_refused(fuzz_proxy: FuzzProxy) -> None:
 def test_every_forwarded_answer_was_recorded(fuzz_proxy: FuzzProxy) -> None:
     """Runs after the fuzzers of this module: what they were promised is in the database."""
     fuzz_proxy.wait_recorded()
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "PUT", "PATCH"])
+def test_methods_the_api_does_not_have_answer_in_openai_shape(
+    fuzz_proxy: FuzzProxy, method: str
+) -> None:
+    # Found by the fuzzer above: OPTIONS /v1/ came back as the fake upstream's plain-text 405.
+    response = fuzz_proxy.client.request(method, "/v1/")
+    check_answer(fuzz_proxy, response, forwarded_ok=False)
+    assert response.status_code == 404

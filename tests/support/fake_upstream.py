@@ -353,10 +353,11 @@ class FakeUpstream:
                 # Azure OpenAI's deployment URLs (``?api-version=`` is recorded, not checked).
                 Route("/openai/deployments/{name}/chat/completions", self._chat, methods=["POST"]),
                 Route("/openai/deployments/{name}/embeddings", self._embeddings, methods=["POST"]),
+                # Any other path or method: OpenAI's JSON 404 (Starlette's own 405 is plain text).
                 Route(
                     "/{path:path}",
                     self._not_found,
-                    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
                 ),
             ]
         )
