@@ -8,13 +8,9 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.api.usage import usage_router
-from proxy.records import RequestRecord
 from proxy.store.queries import UsageQueries
 from proxy.store.writer import RecordWriter
-
-
-def identity(records: list[RequestRecord]) -> list[RequestRecord]:
-    return records
+from tests.store.factory import identity
 
 
 @pytest.fixture

@@ -17,11 +17,7 @@ from proxy.records import RequestRecord
 from proxy.session_costs import SessionCosts
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
-from tests.store.factory import make_record
-
-
-def identity(records: list[RequestRecord]) -> list[RequestRecord]:
-    return list(records)
+from tests.store.factory import identity, make_record
 
 
 async def test_running_total_stays_exact_while_the_writer_commits(

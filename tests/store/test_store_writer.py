@@ -22,14 +22,10 @@ from proxy.store.spool import Spool
 from proxy.store.tables import requests, sessions
 from proxy.store.writer import RecordWriter, write_records
 from proxy.usage import Usage
-from tests.store.factory import make_record
+from tests.store.factory import identity, make_record
 from tests.support.postgres import PostgresServer
 
 Writer = RecordWriter[RequestRecord]
-
-
-def identity(records: list[RequestRecord]) -> list[RequestRecord]:
-    return list(records)
 
 
 @pytest.fixture
