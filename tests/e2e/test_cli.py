@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,24 @@ def worker_processes(pid: int) -> list[int]:
     ]
 
 
+async def wait_for_workers(pid: int, count: int, within: float = 60.0) -> list[int]:
+    """The supervisor's workers once ``count`` run: the port answers as soon as the first one
+    is up, and on a busy machine the second may still be starting."""
+    deadline = time.monotonic() + within
+    while True:
+        workers = worker_processes(pid)
+        if len(workers) >= count or time.monotonic() > deadline:
+            return workers
+        await asyncio.sleep(0.1)
+
+
 async def test_two_workers_share_the_port_and_the_database_and_lose_nothing(
     fake_upstream: FakeUpstream, database_url: str
 ) -> None:
     env = serve_env(fake_upstream, database_url)
     port = free_port()
     with run_process_server(serve_command(port, "--workers", "2"), port, env) as supervisor:
-        assert len(worker_processes(supervisor.pid)) == 2
+        assert len(await wait_for_workers(supervisor.pid, 2)) == 2
         async with openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=0
         ) as sdk:
