@@ -43,6 +43,9 @@ DEFAULT_WRITE_TIMEOUT = 10.0
 _RETRY_FIRST_DELAY = 0.25
 _RETRY_MAX_DELAY = 30.0
 _SPOOL_RETRY_MAX_DELAY = 5.0
+# While the spool refuses records too, each second without the database may cost records:
+# it is probed more often (a refused connection costs next to nothing).
+_BLOCKED_RETRY_MAX_DELAY = 0.1
 _SPOOL_RESERVE = 5.0
 _HANDOFF_BATCHES = 2
 
@@ -608,7 +611,8 @@ class RecordWriter(Generic[T]):
                 self._spool.location,
             )
         else:
-            self._retry_delay = min(self._retry_delay * 2, _SPOOL_RETRY_MAX_DELAY)
+            longest = _BLOCKED_RETRY_MAX_DELAY if self._spool_refusing else _SPOOL_RETRY_MAX_DELAY
+            self._retry_delay = min(self._retry_delay * 2, longest)
             log.debug("database still unavailable: %s", _describe(exc, self._write_timeout))
         self._retry_at = now + self._retry_delay
 
