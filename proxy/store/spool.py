@@ -441,7 +441,9 @@ class Spool:
             return  # acknowledged already
         segment.read_offset = batch.end
         segment.records = max(0, segment.records - len(batch.records))
-        if batch.end >= segment.size and not (self._active and segment is self._segments[-1]):
+        if batch.end >= segment.size and not (
+            self._active is not None and segment is self._segments[-1]
+        ):
             self._delete(segment)
 
     def _delete(self, segment: _Segment) -> None:
