@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -521,20 +522,26 @@ class RecordWriter(Generic[T]):
                 await _wait(self._db_wakeup, max(timeout, 0.001))
 
     async def _write_handoff(self) -> None:
+        # The batch leaves the handoff only once written or spilled: a stop that cancels
+        # this task then spools it (or counts it as lost), never forgets it.
         records = self._handoff[0][1]
         unwritten = records if self._down_since else await self._write_or_keep(records)
-        self._handoff.popleft()
-        self._room.set()
         if unwritten:
             await self._spill(unwritten)
+        self._handoff.popleft()
+        self._room.set()
 
     async def _offer_held(self) -> None:
         """Offer held records to the database (which, if down, this write probes), then to
-        the spool; what neither takes stays held."""
-        batch = [self._held.popleft() for _ in range(min(self._max_batch, len(self._held)))]
+        the spool; what neither takes is held again (at the end: order does not matter)."""
+        count = min(self._max_batch, len(self._held))
+        batch = list(itertools.islice(self._held, count))
         unwritten = await self._write_or_keep(batch)
         if unwritten:
             await self._spill(unwritten)
+        # Only now, as above; others only ever append to the held records, on the right.
+        for _ in range(count):
+            self._held.popleft()
 
     async def _replay_batch(self) -> None:
         assert self._spool is not None
@@ -577,9 +584,11 @@ class RecordWriter(Generic[T]):
         if self._down_since is not None:
             assert self._spool is not None
             log.warning(
-                "database writable again after %.1fs; replaying %d spooled records",
+                "database writable again after %.1fs; replaying %d spooled records "
+                "(%d records lost in total)",
                 time.monotonic() - self._down_since,
                 self._spool.pending_records,
+                self.dropped_total,
             )
             self._down_since = None
             self._retry_at = 0.0
