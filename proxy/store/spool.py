@@ -422,7 +422,12 @@ class Spool:
                 try:
                     records.append(decode_record(line))
                 except ValueError as exc:
-                    self._skip(segment, start, f"an unreadable line ({exc})", counted=True)
+                    after_tear = _record_after_a_tear(line)
+                    if after_tear is None:
+                        self._skip(segment, start, f"an unreadable line ({exc})", counted=True)
+                    else:
+                        records.append(after_tear)
+                        self._skip(segment, start, "torn bytes before a record", counted=False)
         segment.checked_to = max(segment.checked_to, offset)
         return SpoolBatch(segment.path, segment.read_offset, offset, records)
 
@@ -500,6 +505,20 @@ def _release(slot: Path, lock_file: BinaryIO, *, remove: bool = False) -> None:
             (slot / "LOCK").unlink()
             slot.rmdir()
     lock_file.close()
+
+
+def _record_after_a_tear(line: bytes) -> RequestRecord | None:
+    """The record at the end of a line whose start is the torn rest of another (a segment
+    written before appends were cut back on failure, or one whose cut-back failed). A line's
+    JSON escapes the quotes in its strings, so ``{"v":`` starts either a record or a nested
+    object (a property named ``v``), which does not decode as a whole line."""
+    start = line.find(b'{"v":', 1)
+    while start > 0:
+        try:
+            return decode_record(line[start:])
+        except ValueError:
+            start = line.find(b'{"v":', start + 1)
+    return None
 
 
 def _whole_lines(lines: list[bytes], written: int) -> tuple[int, int]:

@@ -354,3 +354,25 @@ async def test_when_the_cut_back_fails_too_replay_reads_every_whole_line(
     assert spool.skipped_lines == 1  # the torn third line
     await spool.close()
     assert segments(tmp_path) == []
+
+
+async def test_a_record_after_torn_bytes_is_still_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a failed append used to leave mid-segment (the start of a line, then the next
+    append's whole lines) costs only the torn line, not the record written after it."""
+    caplog.set_level(logging.WARNING, logger="proxy.store.spool")
+    first = Spool(tmp_path, 1024**2)
+    records = [make_record(minutes=i, properties={"v": "1"}) for i in range(4)]
+    await first.append(records[:1])
+    await first.close()
+    (path,) = segments(tmp_path)
+    torn = encode_record(make_record(minutes=9, properties={"v": "1"}))[:400]
+    lines = [encode_record(r) for r in records[1:]]
+    append_bytes(path, torn + lines[0] + lines[1] + b'{"v":1,"garbage"' + lines[2])
+    second = Spool(tmp_path, 1024**2)
+    assert await second.open() == 4
+    assert [r.id for r in await drain(second)] == [r.id for r in records]
+    assert second.skipped_lines == 2
+    assert "torn bytes before a record" in caplog.text
+    await second.close()
