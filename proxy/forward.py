@@ -66,7 +66,7 @@ REQUEST_ID_HEADER = "x-tally-request-id"
 TOTAL_TOKENS_HEADER = "x-tally-total-tokens"
 COST_HEADER = "x-tally-cost-usd"
 SESSION_COST_HEADER = "x-tally-session-cost-usd"
-RECORDS_UNAVAILABLE = RecordsUnavailable(
+RECORDS_UNAVAILABLE = (
     "tallyproxy cannot record requests now (database down and spool full, or its queue "
     "full), so it does not serve them (database.when_unrecordable: refuse); retry shortly"
 )
@@ -105,7 +105,7 @@ class Forwarder:
     async def handle(self, request: Request) -> Response:
         """The endpoint behind ``/v1/{path}``."""
         if self.records is not None and not self.records.recordable:
-            return error_response(RECORDS_UNAVAILABLE, {"retry-after": "1"})
+            return error_response(RecordsUnavailable(RECORDS_UNAVAILABLE), {"retry-after": "1"})
         started = time.perf_counter()
         record_id = new_record_id()
         id_header = {REQUEST_ID_HEADER: record_id}

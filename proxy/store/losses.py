@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
+# The writer's own logger: these lines are the writer's, and are filtered or routed with it.
 log = logging.getLogger("proxy.store.writer")
 
 LOG_INTERVAL = 1.0

@@ -11,6 +11,7 @@ requests that could not be recorded get a 503 instead, and none is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from tests.support.postgres import PostgresServer
 from tests.support.tmpfs import small_tmpfs
 
 log = logging.getLogger(__name__)
-pytestmark = pytest.mark.postgres
 
 DISK_BYTES = 512 * 1024
 QUEUE_SIZE = 300
@@ -146,6 +146,7 @@ async def settled(proxy: RunningProxy) -> dict[str, Any]:
     raise AssertionError(f"the writer did not settle: {body}")
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("when_unrecordable", ["serve", "refuse"])
 async def test_postgres_down_and_the_spool_disk_full_then_postgres_back(
     restartable_postgres: PostgresServer,
@@ -218,3 +219,83 @@ async def test_postgres_down_and_the_spool_disk_full_then_postgres_back(
         assert load.refused >= 100 and lost_total == 0
     # Losses and refusals were logged, not traced: no traceback from the writer or spool.
     assert not [r for r in caplog.records if r.name.startswith("proxy.store") and r.exc_info]
+
+
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until the file system has no byte left."""
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as file:
+        while True:
+            try:
+                file.write(chunk)
+            except OSError:
+                break
+        for size in (4096, 512, 1):  # the last partial pages too
+            with contextlib.suppress(OSError):
+                while True:
+                    file.write(chunk[:size])
+
+
+@pytest.mark.parametrize("when_unrecordable", ["serve", "refuse"])
+async def test_sqlite_and_the_spool_on_one_full_disk_then_room_again(
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    when_unrecordable: str,
+) -> None:
+    """One small box: SQLite and the spool share a disk that fills (another file takes the
+    room). Nothing can be stored until that file is removed; then everything held is."""
+    caplog.set_level(logging.WARNING, logger="proxy.store")
+    with small_tmpfs(tmp_path / "disk", 4 * 1024 * 1024) as disk:
+        settings = proxy_settings(
+            fake_upstream.base_url,
+            f"sqlite+aiosqlite:///{disk}/tally.db",
+            database__spool_dir=str(disk / "spool"),
+            database__queue_size=QUEUE_SIZE,
+            database__max_batch=50,
+            database__when_unrecordable=when_unrecordable,
+        )
+        load = SdkLoad()
+        async with start_proxy(settings) as proxy:
+            stop_at: list[int] = []
+            task = asyncio.create_task(
+                run_sdk_load(proxy, load, lambda: not stop_at or load.sent < stop_at[0])
+            )
+            await until(lambda: len(load.answered) >= 40 or task.done())
+            await asyncio.to_thread(fill_disk, disk / "filler")
+            for _ in range(600):
+                status, during = await readyz(proxy.api)
+                if not during["recordable"] and (load.refused or during["lost"]):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"nothing refused on a full disk: {during}")
+            (disk / "filler").unlink()  # room again
+            stop_at.append(load.sent + AFTER_RECOVERY)
+            await task
+            final = await settled(proxy)
+            lost = await lost_in_metrics(proxy.api)
+            stored = [r["id"] for r in await stored_records(proxy.api)]
+
+    answered, stored_ids = set(load.answered), set(stored)
+    figures = {
+        "mode": when_unrecordable,
+        "sent": load.sent,
+        "answered": len(load.answered),
+        "refused_503": load.refused,
+        "stored": len(stored),
+        "lost_in_metrics": lost,
+        "phantom": len(stored_ids - answered),
+        "duplicates": len(stored) - len(stored_ids),
+        "held_when_full": during["held_records"],
+    }
+    log.warning("sqlite full-disk figures: %s", figures)
+    assert load.failed == []
+    assert status == 503 and during["recordable"] is False
+    assert figures["phantom"] == 0 and figures["duplicates"] == 0
+    assert len(answered - stored_ids) == sum(lost.values())
+    assert final["recordable"] is True and final["held_records"] == 0
+    if when_unrecordable == "refuse":
+        assert load.refused > 0 and sum(lost.values()) == 0
+    else:
+        assert load.refused == 0
