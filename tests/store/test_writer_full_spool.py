@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,9 @@ DISK_BYTES = 64 * 1024
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> AsyncIterator[Path]:
+def disk(tmp_path: Path) -> Iterator[Path]:
     with small_tmpfs(tmp_path / "disk", DISK_BYTES) as directory:
-        yield directory  # type: ignore[misc]
+        yield directory
 
 
 @pytest.fixture
