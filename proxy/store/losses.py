@@ -19,11 +19,11 @@ log = logging.getLogger("proxy.store.writer")
 LOG_INTERVAL = 1.0
 
 LossReason = Literal["unstorable", "queue_full", "closed", "unpreparable", "refused", "shutdown"]
-"""Why a record was lost: ``unstorable`` the database was down, the spool full or unwritable
-and memory at its bound; ``queue_full`` the writer was ``queue_size`` records behind;
-``closed`` submitted after stop; ``unpreparable`` metering it failed; ``refused`` the
-database refuses its values; ``shutdown`` neither written nor spooled when stop's time was
-up."""
+"""Why a record was lost: ``unstorable`` memory at its bound with the database down (so the
+spool, full or unwritable, refused records too); ``queue_full`` the writer was ``queue_size``
+records behind a working database; ``closed`` submitted after stop; ``unpreparable``
+metering it failed; ``refused`` the database refuses its values; ``shutdown`` neither
+written nor spooled when stop's time was up."""
 
 
 class Throttle:

@@ -155,8 +155,8 @@ class RecordWriter(Generic[T]):
         queue, with the records held in memory, is full, or the writer is closed."""
         if self._closed or len(self._queue) + len(self._held) >= self._queue_size:
             reason: LossReason = "closed" if self._closed else "queue_full"
-            if reason == "queue_full" and self._storage_blocked:
-                reason = "unstorable"
+            if reason == "queue_full" and self._down_since is not None:
+                reason = "unstorable"  # memory full because the spool refused them too
             self._lose(1, reason)
             return False
         self._queue.append((time.monotonic(), item))
