@@ -107,6 +107,9 @@ def create_app(settings: Settings) -> FastAPI:
             settings.metering.drift_sample_rate,
             gate=app.state.gate,
             budgets=app.state.budgets,
+            refuse_unless_recordable=(
+                writer if settings.database.when_unrecordable == "refuse" else None
+            ),
         )
         for route in settings.routes:
             models = ", ".join(route.models) or "every other model"

@@ -100,6 +100,9 @@ class DatabaseSettings(_Section):
     max_batch: int = Field(default=500, ge=1)
     spool_dir: str = "./tallyproxy-spool"
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    # While a new record could not be stored (database down and spool full, or memory at the
+    # queue bound): serve the request unmetered (counted as lost), or refuse it with a 503.
+    when_unrecordable: Literal["serve", "refuse"] = "serve"
 
     @field_validator("url")
     @classmethod

@@ -23,6 +23,7 @@ from proxy.errors import (
     BudgetExceeded,
     InvalidRequest,
     ModelNotRouted,
+    RecordsUnavailable,
     TallyError,
     UpstreamError,
     UpstreamTimeout,
@@ -44,6 +45,7 @@ from proxy.records import Exchange, new_record_id
 from proxy.routing import NoRoute, choose_upstream, credential_headers, target
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
+from proxy.store.writer import Recordable
 from proxy.streaming import PassthroughStream
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
@@ -64,6 +66,10 @@ REQUEST_ID_HEADER = "x-tally-request-id"
 TOTAL_TOKENS_HEADER = "x-tally-total-tokens"
 COST_HEADER = "x-tally-cost-usd"
 SESSION_COST_HEADER = "x-tally-session-cost-usd"
+RECORDS_UNAVAILABLE = (
+    "tallyproxy cannot record requests now (database down and spool full, or its queue "
+    "full), so it does not serve them (database.when_unrecordable: refuse); retry shortly"
+)
 
 
 class Forwarder:
@@ -81,6 +87,7 @@ class Forwarder:
         *,
         gate: Gate | None = None,
         budgets: Budgets | None = None,
+        refuse_unless_recordable: Recordable | None = None,
     ) -> None:
         self.client = client
         self.routes = tuple(routes)
@@ -92,9 +99,13 @@ class Forwarder:
         # Without a gate of the app's, virtual keys are unknown and pass-through stays open.
         self.gate = gate if gate is not None else Gate(None)
         self.budgets = budgets
+        # database.when_unrecordable: refuse; None serves whatever the writer's state.
+        self.records = refuse_unless_recordable
 
     async def handle(self, request: Request) -> Response:
         """The endpoint behind ``/v1/{path}``."""
+        if self.records is not None and not self.records.recordable:
+            return error_response(RecordsUnavailable(RECORDS_UNAVAILABLE), {"retry-after": "1"})
         started = time.perf_counter()
         record_id = new_record_id()
         id_header = {REQUEST_ID_HEADER: record_id}

@@ -219,6 +219,11 @@ class _WriterCollector(Collector):
             ("spool_records", "tallyproxy_spool_records", "Records in the spool, not yet replayed"),
             ("spool_bytes", "tallyproxy_spool_bytes", "Size of the spool on disk"),
             ("spool_max_bytes", "tallyproxy_spool_max_bytes", "Bound on the spool's size"),
+            (
+                "held_records",
+                "tallyproxy_writer_held_records",
+                "Records neither the database nor the spool took, held in memory",
+            ),
         )
         for key, name, documentation in gauges:
             if key in stats:
@@ -231,7 +236,7 @@ class _WriterCollector(Collector):
             )
         counters = (
             ("written_total", "tallyproxy_records_written", "Records inserted in the database"),
-            ("dropped_total", "tallyproxy_records_dropped", "Records lost: queue or spool full"),
+            ("dropped_total", "tallyproxy_records_dropped", "Records lost, all reasons"),
             ("spooled_total", "tallyproxy_records_spooled", "Records written to the spool"),
             ("replayed_total", "tallyproxy_records_replayed", "Spooled records since stored"),
             ("failed_batches", "tallyproxy_writer_failed_batches", "Batch writes that failed"),
@@ -239,3 +244,24 @@ class _WriterCollector(Collector):
         for key, name, documentation in counters:
             if key in stats:
                 yield CounterMetricFamily(name, documentation, value=stats[key])
+        yield from _storage_state(stats)
+
+
+def _storage_state(stats: Mapping[str, Any]) -> Iterator[Metric]:
+    """Whether records can be stored now, and the records lost so far by reason."""
+    if "recordable" in stats:
+        yield GaugeMetricFamily(
+            "tallyproxy_records_recordable",
+            "1 while a new record can be stored (database, spool or memory), else 0",
+            value=1 if stats["recordable"] else 0,
+        )
+    if "lost" in stats:
+        lost = CounterMetricFamily(
+            "tallyproxy_records_lost",
+            "Records lost, by reason: unstorable, queue_full, closed, unpreparable, refused, "
+            "shutdown",
+            labels=("reason",),
+        )
+        for reason, count in sorted(stats["lost"].items()):
+            lost.add_metric((reason,), count)
+        yield lost

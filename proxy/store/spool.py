@@ -8,13 +8,18 @@ spool moves its segments into its own slot and replays them.
 
 A segment is append-only JSON lines, one record per line, each line versioned
 (``{"v": 1, ...}``; money as a decimal string, times as ISO-8601). Appends are written and
-``fsync``'d once per batch. Segments roll over at ``segment_bytes`` and are read oldest first;
+``fsync``'d once per batch, with ``os.write`` on a raw descriptor: no userspace buffer can keep
+half a batch to be flushed later. An append that fails part-way (disk full, I/O error) is cut
+back to its last whole line with ``ftruncate`` before it returns, so a segment only ever holds
+the lines the spool counted; the records of the lines cut are refused, for the caller to keep
+and offer again. Segments roll over at ``segment_bytes`` and are read oldest first;
 one is deleted once every record in it is in the database. Replay is at-least-once: after a
 crash a segment is replayed from its start, which the writer's inserts (idempotent on the
 record id) make harmless. A torn last line, or any unreadable line, is skipped with a warning.
 
-The total size is bounded by ``max_bytes``; records that do not fit are refused and the
-caller counts them as lost. A warning is logged when the spool passes 80% of its bound.
+The total size is bounded by ``max_bytes``; records that do not fit are refused, as are those a
+full disk does not take: ``append`` says how many it kept. A warning is logged when the spool
+passes 80% of its bound.
 """
 
 from __future__ import annotations
@@ -139,11 +144,13 @@ class Spool:
         self._slot: Path | None = None
         self._lock_file: BinaryIO | None = None
         self._segments: list[_Segment] = []
-        self._active: BinaryIO | None = None
+        self._active: int | None = None  # descriptor of the last segment, open for appends
         self._next_seq = 0
         self._warned_near_full = False
         self.skipped_lines = 0
         """Unreadable lines met during replay (torn by a crash, or corrupt)."""
+        self.last_error: OSError | None = None
+        """Why the last append that failed did (disk full...); None after one that succeeded."""
 
     # -- state ------------------------------------------------------------------------------
 
@@ -187,7 +194,11 @@ class Spool:
     # -- writing ----------------------------------------------------------------------------
 
     async def append(self, records: list[RequestRecord]) -> int:
-        """Append ``records`` and fsync; returns how many fit (the rest is refused)."""
+        """Append ``records`` and fsync; returns how many were kept, a prefix of ``records``.
+
+        The rest is refused: beyond ``max_bytes``, or not written because the disk is full or
+        failing (then ``last_error`` says why, and the segment is as it was before).
+        """
         if not records:
             return 0
         lines = [encode_record(r) for r in records]
@@ -276,32 +287,96 @@ class Spool:
                 break
             fitting.append(line)
             room -= len(line)
+        kept = 0
         if fitting:
-            active = self._active_segment()
-            data = b"".join(fitting)
-            assert self._active is not None
-            self._active.write(data)
-            self._active.flush()
-            os.fsync(self._active.fileno())
-            active.size += len(data)
-            active.records += len(fitting)
+            try:
+                active = self._active_segment()
+            except OSError as exc:  # cannot even create a segment: nothing was written
+                self.last_error = exc
+                return 0
+            kept = self._write_lines(active, fitting)
             if active.size >= self.segment_bytes:
                 self._close_active()
         self._check_near_full()
-        return len(fitting)
+        return kept
+
+    def _write_lines(self, segment: _Segment, lines: list[bytes]) -> int:
+        """Write and fsync ``lines`` at the end of ``segment``; how many are on disk.
+
+        On a failure the file is cut back to the last whole line written (or, when the
+        fsync failed, to where it was before): the segment never holds a byte the spool
+        does not count, which replay would read as a record or as garbage.
+        """
+        assert self._active is not None
+        data = memoryview(b"".join(lines))
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._active, data[written:])
+        except OSError as exc:
+            self.last_error = exc
+            keep, count = _whole_lines(lines, written)
+            return count if self._cut_back(segment, keep, count) else 0
+        try:
+            os.fsync(self._active)
+        except OSError as exc:  # what the page cache held may be gone: trust none of it
+            self.last_error = exc
+            self._cut_back(segment, 0, 0)
+            return 0
+        self.last_error = None
+        segment.size += len(data)
+        segment.records += len(lines)
+        return len(lines)
+
+    def _cut_back(self, segment: _Segment, keep: int, count: int) -> bool:
+        """Truncate the active segment to its counted size plus ``keep`` new bytes (``count``
+        whole lines), made durable; True when it worked and those lines now count."""
+        assert self._active is not None
+        try:
+            os.ftruncate(self._active, segment.size + keep)
+            if keep:
+                os.fsync(self._active)
+        except OSError as exc:
+            # The file's end is unknown now: count what it really holds, so replay reads
+            # every whole line (a line refused here may be replayed as well as retried by
+            # the caller: inserts are idempotent) and skips a torn one.
+            log.error("spool: cannot cut %s back after a failed append (%s)", segment.path, exc)
+            self._close_active()  # and never append to it again
+            self._recount(segment)
+            return False
+        segment.size += keep
+        segment.records += count
+        return True
+
+    def _recount(self, segment: _Segment) -> None:
+        try:
+            content = segment.path.read_bytes()
+        except OSError:
+            return  # unreadable too: replay will find out what is left, line by line
+        segment.size = len(content)
+        segment.records = content.count(b"\n")  # the active segment: none read yet
 
     def _active_segment(self) -> _Segment:
         if self._active is None:
             assert self._slot is not None
             path = self._slot / _segment_name(self._take_seq())
-            self._active = open(path, "ab")  # noqa: SIM115 (stays open across appends)
-            _fsync_dir(self._slot)
+            # O_APPEND: after a cut-back (ftruncate) the next write lands at the new end.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                _fsync_dir(self._slot)
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
+            self._active = fd
             self._segments.append(_Segment(path, 0, 0))
         return self._segments[-1]
 
     def _close_active(self) -> None:
         if self._active is not None:
-            self._active.close()
+            with contextlib.suppress(OSError):  # appends were fsync'd: nothing is pending
+                os.close(self._active)
             self._active = None
 
     def _check_near_full(self) -> None:
@@ -337,7 +412,8 @@ class Spool:
             file.seek(segment.read_offset)
             offset = segment.read_offset
             while len(records) < max_records and offset < segment.size:
-                line = file.readline()
+                # Never past the counted size: what lies beyond was not appended by us.
+                line = file.readline(segment.size - offset)
                 start, offset = offset, offset + len(line)
                 if not line.endswith(b"\n"):
                     self._skip(segment, start, "a torn last line", counted=False)
@@ -346,7 +422,12 @@ class Spool:
                 try:
                     records.append(decode_record(line))
                 except ValueError as exc:
-                    self._skip(segment, start, f"an unreadable line ({exc})", counted=True)
+                    after_tear = _record_after_a_tear(line)
+                    if after_tear is None:
+                        self._skip(segment, start, f"an unreadable line ({exc})", counted=True)
+                    else:
+                        records.append(after_tear)
+                        self._skip(segment, start, "torn bytes before a record", counted=False)
         segment.checked_to = max(segment.checked_to, offset)
         return SpoolBatch(segment.path, segment.read_offset, offset, records)
 
@@ -365,7 +446,9 @@ class Spool:
             return  # acknowledged already
         segment.read_offset = batch.end
         segment.records = max(0, segment.records - len(batch.records))
-        if batch.end >= segment.size and not (self._active and segment is self._segments[-1]):
+        if batch.end >= segment.size and not (
+            self._active is not None and segment is self._segments[-1]
+        ):
             self._delete(segment)
 
     def _delete(self, segment: _Segment) -> None:
@@ -422,6 +505,31 @@ def _release(slot: Path, lock_file: BinaryIO, *, remove: bool = False) -> None:
             (slot / "LOCK").unlink()
             slot.rmdir()
     lock_file.close()
+
+
+def _record_after_a_tear(line: bytes) -> RequestRecord | None:
+    """The record at the end of a line whose start is the torn rest of another (a segment
+    written before appends were cut back on failure, or one whose cut-back failed). A line's
+    JSON escapes the quotes in its strings, so ``{"v":`` starts either a record or a nested
+    object (a property named ``v``), which does not decode as a whole line."""
+    start = line.find(b'{"v":', 1)
+    while start > 0:
+        try:
+            return decode_record(line[start:])
+        except ValueError:
+            start = line.find(b'{"v":', start + 1)
+    return None
+
+
+def _whole_lines(lines: list[bytes], written: int) -> tuple[int, int]:
+    """Bytes and count of the leading ``lines`` that fit entirely in ``written`` bytes."""
+    size = count = 0
+    for line in lines:
+        if size + len(line) > written:
+            break
+        size += len(line)
+        count += 1
+    return size, count
 
 
 def _segment_name(seq: int) -> str:

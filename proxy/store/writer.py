@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.records import RequestRecord
+from proxy.store.losses import Losses, LossReason, Throttle
 from proxy.store.rows import is_permanent, record_row, write_records
 from proxy.store.spool import Spool
 
-__all__ = ["RecordWriter", "record_row", "write_records"]
+__all__ = ["RecordWriter", "Recordable", "record_row", "write_records"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,18 @@ DEFAULT_WRITE_TIMEOUT = 10.0
 _RETRY_FIRST_DELAY = 0.25
 _RETRY_MAX_DELAY = 30.0
 _SPOOL_RETRY_MAX_DELAY = 5.0
+# While the spool refuses records too, each second without the database may cost records:
+# it is probed more often (a refused connection costs next to nothing).
+_BLOCKED_RETRY_MAX_DELAY = 0.1
 _SPOOL_RESERVE = 5.0
 _HANDOFF_BATCHES = 2
-_DROP_WARNING_INTERVAL = 5.0
+
+
+class Recordable(Protocol):
+    """What the request path asks before serving, with ``database.when_unrecordable: refuse``."""
+
+    @property
+    def recordable(self) -> bool: ...
 
 
 class RecordWriter(Generic[T]):
@@ -60,14 +71,21 @@ class RecordWriter(Generic[T]):
     With a ``spool`` (what the app uses) the database never holds the queue up. One task
     prepares batches and hands them to a second task that writes them; a batch the database
     does not take (down, restarting, locked, or slower than ``write_timeout`` seconds) goes
-    to the spool on local disk, and so does every batch after it. A database that is merely
-    busy is waited for while the queue is less than half full (the queue grows and the
-    next batch with it); past that, a batch that finds two batches already waiting for the
-    database is spooled too. As soon as a write succeeds again (retried
-    with backoff, at most every 5 s), the spool is replayed in order, then batches go to the
-    database directly again. Memory stays bounded by ``queue_size`` items plus two batches,
-    and requests never wait. Without a spool, a failed write is retried with backoff while
-    submits keep queueing, up to ``queue_size``; beyond that items are dropped.
+    to the spool on local disk, and so do the batches after it while the database stays
+    down. A database that is merely busy is waited for while the queue is less than half
+    full (the queue grows and the next batch with it); past that, a batch that finds two
+    batches already waiting for the database is spooled too. As soon as a write succeeds
+    again (retried with backoff, at most every 5 s), new batches go to the database first
+    and the spool is replayed between them (inserts are idempotent by id, so order does not
+    matter). Records that neither the database nor the spool takes (disk full) are held in
+    memory and offered again, the database first; held and queued records together are
+    bounded by ``queue_size``, beyond which submits are refused and counted as lost, and
+    ``recordable`` turns False. Requests never wait. Without a spool, a failed write is
+    retried with backoff while submits keep queueing, up to ``queue_size``; beyond that
+    items are dropped.
+
+    Every lost record is counted in ``lost`` by reason (``dropped_total`` is their sum) and
+    logged at most once a second.
     """
 
     def __init__(
@@ -105,7 +123,8 @@ class RecordWriter(Generic[T]):
         self._closed = False
         self._in_flight_count = 0
         self._in_flight_since: float | None = None
-        self._last_drop_warning = 0.0
+        self._losses = Losses(self._loss_context)
+        self._spool_log = Throttle()
         # Spool mode: prepared batches waiting for the database task, and its state.
         self._handoff: deque[tuple[float, list[RequestRecord]]] = deque()
         self._db_wakeup = asyncio.Event()
@@ -115,12 +134,13 @@ class RecordWriter(Generic[T]):
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._retry_delay = _RETRY_FIRST_DELAY
+        # Records neither the database nor the spool took (disk full), offered again.
+        self._held: deque[RequestRecord] = deque()
+        self._spool_refusing = False
         self.written_total = 0
         """Records inserted (replayed duplicates are not counted)."""
         self.failed_batches = 0
         """Batch writes that failed and were retried."""
-        self.dropped_total = 0
-        """Items refused (queue full, spool full, stopped) or that ``prepare`` could not handle."""
         self.spooled_total = 0
         """Records written to the spool."""
         self.replayed_total = 0
@@ -131,10 +151,13 @@ class RecordWriter(Generic[T]):
     # -- the request path -------------------------------------------------------------------
 
     def submit(self, item: T) -> bool:
-        """Queue ``item`` for writing; never blocks. False when the queue is full or closed."""
-        if self._closed or len(self._queue) >= self._queue_size:
-            self.dropped_total += 1
-            self._warn_dropped("closed" if self._closed else "full")
+        """Queue ``item`` for writing; never blocks. False (and counted as lost) when the
+        queue, with the records held in memory, is full, or the writer is closed."""
+        if self._closed or len(self._queue) + len(self._held) >= self._queue_size:
+            reason: LossReason = "closed" if self._closed else "queue_full"
+            if reason == "queue_full" and self._down_since is not None:
+                reason = "unstorable"  # memory full because the spool refused them too
+            self._lose(1, reason)
             return False
         self._queue.append((time.monotonic(), item))
         self._wakeup.set()
@@ -142,19 +165,37 @@ class RecordWriter(Generic[T]):
             self._room.set()  # a pump waiting for a busy database must spool now
         return True
 
-    def _warn_dropped(self, why: str) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL:
-            self._last_drop_warning = now
-            log.warning(
-                "record writer %s: dropped a record (%d dropped so far, %d queued, "
-                "queue size %d, %d failed batches); is the database reachable?",
-                why,
-                self.dropped_total,
-                len(self._queue),
-                self._queue_size,
-                self.failed_batches,
-            )
+    @property
+    def recordable(self) -> bool:
+        """False while a new record could not be stored: the database is down and the spool
+        refuses records (full, unwritable), or memory holds as many as ``queue_size``.
+        Cheap (the request path asks it with ``database.when_unrecordable: refuse``)."""
+        return not self._storage_blocked and len(self._queue) + len(self._held) < self._queue_size
+
+    @property
+    def _storage_blocked(self) -> bool:
+        return self._spool_refusing and self._down_since is not None
+
+    @property
+    def dropped_total(self) -> int:
+        """Records lost, for any reason: the sum of ``lost``."""
+        return self._losses.total
+
+    @property
+    def lost(self) -> Counter[LossReason]:
+        """Records lost, by reason (see ``proxy.store.losses.LossReason``)."""
+        return self._losses.by_reason
+
+    def _lose(self, count: int, reason: LossReason) -> None:
+        self._losses.count(count, reason)
+
+    def _loss_context(self) -> str:
+        state = "down" if self._down_since is not None else "up"
+        return (
+            f"{len(self._queue)} queued and {len(self._held)} held in memory (bound "
+            f"{self._queue_size}), database {state}; is the database reachable, the spool's "
+            "disk full?"
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -188,6 +229,7 @@ class RecordWriter(Generic[T]):
         self._closed = True
         lost = self.queue_depth
         if lost:
+            self._lose(lost, "shutdown")
             log.error(
                 "record writer stopped after %.1fs with %d records unwritten; wrote %d "
                 "while draining, %d in total",
@@ -222,6 +264,10 @@ class RecordWriter(Generic[T]):
         while self._handoff:
             _, records = self._handoff.popleft()
             await self._spill(records)
+        if self._held:  # one last offer to the spool; what it refuses stop() counts as lost
+            held = list(self._held)
+            self._held.clear()
+            await self._spill(held)
         await self._spool.close()
 
     # -- stats for /readyz ------------------------------------------------------------------
@@ -230,7 +276,7 @@ class RecordWriter(Generic[T]):
     def queue_depth(self) -> int:
         """Items submitted and not yet written nor spooled: queued plus batches in progress."""
         waiting = sum(len(records) for _, records in self._handoff)
-        return len(self._queue) + self._in_flight_count + waiting
+        return len(self._queue) + self._in_flight_count + waiting + len(self._held)
 
     @property
     def oldest_pending_age(self) -> float:
@@ -256,6 +302,8 @@ class RecordWriter(Generic[T]):
             "written_total": self.written_total,
             "failed_batches": self.failed_batches,
             "dropped_total": self.dropped_total,
+            "lost": dict(self.lost),
+            "recordable": self.recordable,
             "last_flush_at": self.last_flush_at,
             "oldest_pending_age": round(self.oldest_pending_age, 3),
             "healthy": self.healthy,
@@ -267,6 +315,7 @@ class RecordWriter(Generic[T]):
                 "spool_max_bytes": self._spool.max_bytes,
                 "spooled_total": self.spooled_total,
                 "replayed_total": self.replayed_total,
+                "held_records": len(self._held),
                 "database_down_seconds": (
                     None
                     if self._down_since is None
@@ -283,7 +332,8 @@ class RecordWriter(Generic[T]):
         self._in_flight_count = len(batch)
         self._in_flight_since = since = batch[0][0]
         records, dropped = await asyncio.to_thread(self._prepare_batch, [i for _, i in batch])
-        self.dropped_total += dropped
+        if dropped:
+            self._lose(dropped, "unpreparable")
         return since, records
 
     def _prepare_batch(self, items: list[T]) -> tuple[list[RequestRecord], int]:
@@ -354,7 +404,7 @@ class RecordWriter(Generic[T]):
             try:
                 await self._write_with_retry_single(record)
             except Exception:
-                self.dropped_total += 1
+                self._lose(1, "refused")
                 log.exception("dropped record %s: the database refuses it", record.id)
 
     async def _write_with_retry_single(self, record: RequestRecord) -> None:
@@ -406,54 +456,92 @@ class RecordWriter(Generic[T]):
 
     def _must_spool(self) -> bool:
         assert self._spool is not None
+        # Not "while the spool holds records": a database back up is tried first, or a full
+        # spool would take (and refuse) every new batch until it is replayed.
         return (
             self._abandoned
             or self._down_since is not None
             or len(self._handoff) >= _HANDOFF_BATCHES
-            or self._spool.pending_records > 0  # keep the order: the spool goes first
         )
 
     async def _spill(self, records: list[RequestRecord]) -> None:
+        """Spool ``records``; hold in memory those the spool refuses, to offer them again."""
         assert self._spool is not None
         try:
             kept = await self._spool.append(records)
-        except OSError:
-            log.exception("cannot append to the spool in %s", self._spool.location)
-            kept = 0
+            error: OSError | None = self._spool.last_error
+        except OSError as exc:  # no slot, directory unwritable: nothing was written
+            kept, error = 0, exc
         self.spooled_total += kept
-        lost = len(records) - kept
-        if lost:
-            self.dropped_total += lost
-            log.error(
-                "lost %d records: the spool %s is full (%d of %d bytes) or unwritable and the "
-                "database is not taking them (%d lost so far)",
-                lost,
-                self._spool.location,
-                self._spool.size_bytes,
-                self._spool.max_bytes,
-                self.dropped_total,
-            )
+        refused = records[kept:]
+        self._spool_refusing = bool(refused)
+        if refused:
+            self._held.extend(refused)
+            self._log_spool_refused(len(refused), error)
+
+    def _log_spool_refused(self, count: int, error: OSError | None) -> None:
+        assert self._spool is not None
+        if not self._spool_log.ready():
+            return
+        why = f"{type(error).__name__}: {error}" if error is not None else "at its bound"
+        log.error(
+            "the spool %s refused %d records (%s; %d of %d bytes used): holding %d records "
+            "in memory (bound %d) and offering them again, the database first",
+            self._spool.location,
+            count,
+            why,
+            self._spool.size_bytes,
+            self._spool.max_bytes,
+            len(self._held),
+            self._queue_size,
+        )
 
     async def _database_stage(self) -> None:
-        """Write handed-over batches; replay the spool whenever the database takes writes."""
+        """Write held and handed-over batches, the database first, and replay the spool
+        between them whenever the database takes writes."""
         assert self._spool is not None
+        replay_turn = False
         while True:
-            if self._handoff:
-                records = self._handoff[0][1]
-                unwritten = records if self._down_since else await self._write_or_keep(records)
-                self._handoff.popleft()
-                self._room.set()
-                if unwritten:
-                    await self._spill(unwritten)
-            elif self._closed:
-                return
-            elif self._spool.pending_records and time.monotonic() >= self._retry_at:
+            now = time.monotonic()
+            retry_due = now >= self._retry_at
+            replay_due = bool(self._spool.pending_records) and retry_due and not self._closed
+            if self._held and (self._down_since is None or retry_due):
+                await self._offer_held()
+            elif self._handoff and not (replay_turn and replay_due):
+                await self._write_handoff()
+                replay_turn = True
+            elif replay_due:
                 await self._replay_batch()
+                replay_turn = False
+            elif self._closed and not self._handoff and not self._held:
+                return
             else:
                 timeout = self._flush_interval
-                if self._spool.pending_records:
-                    timeout = min(timeout, self._retry_at - time.monotonic())
+                if self._spool.pending_records or self._held:
+                    timeout = min(timeout, self._retry_at - now)
                 await _wait(self._db_wakeup, max(timeout, 0.001))
+
+    async def _write_handoff(self) -> None:
+        # The batch leaves the handoff only once written or spilled: a stop that cancels
+        # this task then spools it (or counts it as lost), never forgets it.
+        records = self._handoff[0][1]
+        unwritten = records if self._down_since else await self._write_or_keep(records)
+        if unwritten:
+            await self._spill(unwritten)
+        self._handoff.popleft()
+        self._room.set()
+
+    async def _offer_held(self) -> None:
+        """Offer held records to the database (which, if down, this write probes), then to
+        the spool; what neither takes is held again (at the end: order does not matter)."""
+        count = min(self._max_batch, len(self._held))
+        batch = list(itertools.islice(self._held, count))
+        unwritten = await self._write_or_keep(batch)
+        if unwritten:
+            await self._spill(unwritten)
+        # Only now, as above; others only ever append to the held records, on the right.
+        for _ in range(count):
+            self._held.popleft()
 
     async def _replay_batch(self) -> None:
         assert self._spool is not None
@@ -462,6 +550,7 @@ class RecordWriter(Generic[T]):
             return
         if not await self._write_or_keep(batch.records):
             await self._spool.acknowledge(batch)
+            self._spool_refusing = False  # room again: worth offering the spool records
             self.replayed_total += len(batch.records)
             if not self._spool.pending_records:
                 log.info("spool replayed: %d records in total", self.replayed_total)
@@ -485,7 +574,7 @@ class RecordWriter(Generic[T]):
                 if not is_permanent(exc):
                     self._database_failed(exc, len(records) - index)
                     return records[index:]
-                self.dropped_total += 1
+                self._lose(1, "refused")
                 log.exception("dropped record %s: the database refuses it", record.id)
         return []
 
@@ -495,9 +584,11 @@ class RecordWriter(Generic[T]):
         if self._down_since is not None:
             assert self._spool is not None
             log.warning(
-                "database writable again after %.1fs; replaying %d spooled records",
+                "database writable again after %.1fs; replaying %d spooled records "
+                "(%d records lost in total)",
                 time.monotonic() - self._down_since,
                 self._spool.pending_records,
+                self.dropped_total,
             )
             self._down_since = None
             self._retry_at = 0.0
@@ -529,7 +620,8 @@ class RecordWriter(Generic[T]):
                 self._spool.location,
             )
         else:
-            self._retry_delay = min(self._retry_delay * 2, _SPOOL_RETRY_MAX_DELAY)
+            longest = _BLOCKED_RETRY_MAX_DELAY if self._spool_refusing else _SPOOL_RETRY_MAX_DELAY
+            self._retry_delay = min(self._retry_delay * 2, longest)
             log.debug("database still unavailable: %s", _describe(exc, self._write_timeout))
         self._retry_at = now + self._retry_delay
 

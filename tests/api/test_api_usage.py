@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from proxy.store.queries import UsageQueries
 from proxy.store.writer import RecordWriter, write_records
 from proxy.usage import Usage
 from tests.store.factory import make_record
+from tests.store.test_store_writer import wait_until
 
 
 @pytest.fixture
@@ -268,3 +270,32 @@ async def test_readyz_when_writer_falls_behind(
     body = response.json()
     assert (body["database"], body["writer_healthy"], body["queue_depth"]) == (True, False, 1)
     assert body["oldest_pending_age"] >= 0.05
+
+
+async def test_readyz_while_records_cannot_be_stored(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The database answers and the writer keeps up, but a new record would be lost: the
+    queue is at its bound (a batch is being prepared, one more record waits)."""
+    release = threading.Event()
+
+    def slow_prepare(records: list[RequestRecord]) -> list[RequestRecord]:
+        release.wait(10)
+        return records
+
+    full: RecordWriter[RequestRecord] = RecordWriter(engine, slow_prepare, queue_size=1)
+    await full.start()
+    app.state.writer, writer = full, app.state.writer
+    try:
+        assert (await client.get("/readyz")).status_code == 200
+        assert full.submit(make_record())
+        await wait_until(lambda: full.recordable)  # the writer took it from the queue
+        assert full.submit(make_record())  # the queue's one place
+        response = await client.get("/readyz")
+    finally:
+        app.state.writer = writer
+        release.set()
+        await full.stop(timeout=5)
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["database"], body["writer_healthy"], body["recordable"]) == (True, True, False)

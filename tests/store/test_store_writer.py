@@ -218,13 +218,15 @@ async def test_full_queue_refuses_and_warns(
     caplog.set_level(logging.WARNING, logger="proxy.store.writer")
     assert all(writer.submit(make_record(minutes=i)) for i in range(3))
     assert writer.submit(make_record(minutes=4)) is False
-    assert writer.dropped_total == 1
-    assert "dropped a record" in caplog.text
+    assert writer.dropped_total == 1 and writer.lost == {"queue_full": 1}
+    assert "lost records (queue_full 1; 1 in total)" in caplog.text
     assert "3 queued" in caplog.text
+    assert not writer.recordable  # a new request's record would be lost
     await writer.start()
     await writer.stop()
     assert await count(engine) == 3
     assert writer.submit(make_record(minutes=5)) is False  # stopped
+    assert writer.lost == {"queue_full": 1, "closed": 1}
 
 
 async def test_stop_drains_and_logs(engine: AsyncEngine, caplog: pytest.LogCaptureFixture) -> None:

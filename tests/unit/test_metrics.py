@@ -176,6 +176,24 @@ def test_writer_queue_and_spool_are_read_at_scrape_time() -> None:
     assert value(metrics, "tallyproxy_database_down_seconds") == 12.5
 
 
+def test_lost_records_by_reason_held_records_and_whether_records_can_be_stored() -> None:
+    metrics = Metrics()
+    stats: dict[str, Any] = {
+        "dropped_total": 7,
+        "lost": {"unstorable": 5, "shutdown": 2},
+        "recordable": False,
+        "held_records": 40,
+    }
+    metrics.track_writer(lambda: stats)
+    assert value(metrics, "tallyproxy_records_lost_total", reason="unstorable") == 5
+    assert value(metrics, "tallyproxy_records_lost_total", reason="shutdown") == 2
+    assert total(metrics, "tallyproxy_records_lost_total") == 7
+    assert value(metrics, "tallyproxy_writer_held_records") == 40
+    assert value(metrics, "tallyproxy_records_recordable") == 0
+    stats |= {"recordable": True, "held_records": 0}
+    assert value(metrics, "tallyproxy_records_recordable") == 1
+
+
 def test_without_a_spool_only_the_queue_is_shown() -> None:
     metrics = Metrics()
     metrics.track_writer(lambda: {"queue_depth": 3, "written_total": 5, "dropped_total": 0})
