@@ -12,6 +12,7 @@
     │   ├── BodyTooLarge            413
     │   └── BudgetExceeded          429: a budget would be exceeded; names the budget
     ├── MissingUpstreamKey          500: a virtual key, but the upstream has no key configured
+    ├── DatabaseUnavailable         503: the database is needed to decide and is unavailable
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
         └── UpstreamTimeout         504
@@ -93,6 +94,11 @@ class BudgetExceeded(ClientError):
 
 class MissingUpstreamKey(TallyError):
     code = "upstream_key_missing"
+
+
+class DatabaseUnavailable(TallyError):
+    status_code = 503
+    code = "database_unavailable"
 
 
 class UpstreamError(TallyError):

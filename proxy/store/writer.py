@@ -68,6 +68,8 @@ class RecordWriter(Generic[T]):
     database directly again. Memory stays bounded by ``queue_size`` items plus two batches,
     and requests never wait. Without a spool, a failed write is retried with backoff while
     submits keep queueing, up to ``queue_size``; beyond that items are dropped.
+    ``writable`` (spool mode) holds the database stage back while it says False: batches
+    are spooled and the spool waits (the app's hook while the schema is not migrated).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class RecordWriter(Generic[T]):
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         linger: float = DEFAULT_LINGER,
         on_stored: Callable[[list[RequestRecord]], None] | None = None,
+        writable: Callable[[], bool] | None = None,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
             raise ValueError(
@@ -98,6 +101,9 @@ class RecordWriter(Generic[T]):
         self._spool = spool
         self._write_timeout = write_timeout
         self._on_stored = on_stored
+        # False while the schema is not migrated (database down at start): spool, never
+        # write into tables that are not there yet.
+        self._writable = writable or (lambda: True)
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -440,14 +446,19 @@ class RecordWriter(Generic[T]):
         while True:
             if self._handoff:
                 records = self._handoff[0][1]
-                unwritten = records if self._down_since else await self._write_or_keep(records)
+                skip = self._down_since is not None or not self._writable()
+                unwritten = records if skip else await self._write_or_keep(records)
                 self._handoff.popleft()
                 self._room.set()
                 if unwritten:
                     await self._spill(unwritten)
             elif self._closed:
                 return
-            elif self._spool.pending_records and time.monotonic() >= self._retry_at:
+            elif (
+                self._spool.pending_records
+                and time.monotonic() >= self._retry_at
+                and self._writable()
+            ):
                 await self._replay_batch()
             else:
                 timeout = self._flush_interval
