@@ -162,7 +162,7 @@ async def _open_database(app: FastAPI, url: str, spool: Spool) -> tuple[AsyncEng
         engine = open_engine(url)
         schema = Schema(engine, spooled=lambda: spool.pending_records)
         try:
-            await schema.start(str(spool.location))
+            await schema.start(str(spool.location.resolve()))
         except BaseException:
             await engine.dispose()
             raise

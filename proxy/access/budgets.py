@@ -149,7 +149,7 @@ class Budgets:
         try:
             await self.refresh()
         except DATABASE_ERRORS as exc:
-            log.info("budget definitions not read yet (%s): the database is unavailable", exc)
+            log.debug("budget definitions not read yet (%s): the database is unavailable", exc)
         self._task = asyncio.create_task(self._maintain(), name="tallyproxy-budgets")
 
     async def stop(self) -> None:
