@@ -21,6 +21,7 @@ from proxy.api.budgets import budgets_router
 from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
+from proxy.api.unavailable import install_database_error_handler
 from proxy.api.usage import usage_router
 from proxy.config import Settings
 from proxy.dashboard import dashboard_router
@@ -134,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     # An API answers a path or 404s; a redirect to a guessed path only confuses clients.
     app.router.redirect_slashes = False
     install_error_handlers(app)
+    install_database_error_handler(app)
     app.add_middleware(QuietStartupFailure)
     guard = [Depends(admin_guard(settings.admin_token))]
     reader = [Depends(usage_guard(settings.admin_token))]

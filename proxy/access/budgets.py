@@ -25,7 +25,7 @@ from proxy.access.periods import Period
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
-from proxy.store.availability import DATABASE_ERRORS
+from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
 
@@ -133,6 +133,7 @@ class Budgets:
         refresh_seconds: float = 5.0,
         alerter: Alerter | None = None,
         outage_allowance: float = 0.0,
+        reserve_timeout: float = DECISION_TIMEOUT,
     ) -> None:
         self.store = store
         self.counter = counter
@@ -142,6 +143,7 @@ class Budgets:
         self._budgets: tuple[Budget, ...] = ()
         self._task: asyncio.Task[None] | None = None
         self.ledger = OutageLedger(outage_allowance)
+        self.reserve_timeout = reserve_timeout
 
     async def start(self) -> None:
         """Read the definitions (later, when the database is unavailable now) and keep them
@@ -187,8 +189,11 @@ class Budgets:
             return
         hold = await asyncio.to_thread(estimate_hold, exchange, self.counter, self.prices)
         try:
-            await self.store.reserve(exchange.id, budgets, hold, exchange.created_at)
-        except DATABASE_ERRORS as exc:
+            await asyncio.wait_for(
+                self.store.reserve(exchange.id, budgets, hold, exchange.created_at),
+                self.reserve_timeout,
+            )
+        except DATABASE_ERRORS as exc:  # a timeout too
             # The database's boundary: decide from the last known usage instead.
             if not self.ledger.in_outage:
                 log.warning(

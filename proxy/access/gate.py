@@ -9,6 +9,7 @@ on another replica stops working here within that time, and at once on this one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -19,7 +20,7 @@ from proxy.access.keys import VirtualKey, has_credentials, hash_key, presented_k
 from proxy.config import UpstreamSettings
 from proxy.errors import DatabaseUnavailable, InvalidApiKey, MissingUpstreamKey, ModelNotAllowed
 from proxy.store.access import KeyStore
-from proxy.store.availability import DATABASE_ERRORS
+from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Gate:
         require_virtual_keys: bool = False,
         cache_seconds: float = 5.0,
         outage_tolerance: float = 300.0,
+        lookup_timeout: float = DECISION_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -53,6 +55,7 @@ class Gate:
         self.cache_seconds = cache_seconds
         self._clock = clock
         self.outage_tolerance = outage_tolerance
+        self.lookup_timeout = lookup_timeout
         # hash -> (key or None, cached until, looked up at)
         self._cache: dict[str, tuple[VirtualKey | None, float, float]] = {}
         self._failing = False
@@ -112,8 +115,8 @@ class Gate:
         if self.store is None:
             return None
         try:
-            key = await self.store.find(digest)
-        except DATABASE_ERRORS as exc:
+            key = await asyncio.wait_for(self.store.find(digest), self.lookup_timeout)
+        except DATABASE_ERRORS as exc:  # a timeout too
             # The database's boundary: decide from memory within the tolerance, else 503.
             if not self._failing:
                 self._failing = True

@@ -30,6 +30,11 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
 """What a failed database call raises: SQLAlchemy's errors, and the network's (asyncpg
 connects outside SQLAlchemy's wrapping, so a refused connection is a bare OSError)."""
 
+DECISION_TIMEOUT = 5.0
+"""Seconds a key lookup or a budget reservation may take before the database counts as
+unavailable for it: one that does not answer at all (a cut network) must not hold requests
+for asyncpg's 60 s connect timeout."""
+
 # SQLSTATE classes of a server that is away rather than refusing us: 08 connection
 # exception, 53 insufficient resources (too many connections), 57P01-57P03 shut down or
 # starting up.

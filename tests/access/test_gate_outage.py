@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from proxy.access.gate import Gate
@@ -56,3 +58,23 @@ async def test_a_known_key_keeps_its_state_for_the_tolerance_then_gets_503() -> 
         await gate.admit(auth("tp-good"), "m", UPSTREAM)
     store.down = False
     assert (await gate.admit(auth("tp-good"), "m", UPSTREAM)).key == GOOD
+
+
+class SilentStore(FlakyStore):
+    """A database that stops answering (a cut network) instead of refusing."""
+
+    async def find(self, key_hash: str) -> VirtualKey | None:
+        if self.down:
+            await asyncio.Event().wait()
+        return await super().find(key_hash)
+
+
+async def test_a_database_that_does_not_answer_counts_as_unavailable_after_the_timeout() -> None:
+    store, clock = SilentStore(), Clock()
+    gate = Gate(store, cache_seconds=1.0, lookup_timeout=0.05, clock=clock)  # type: ignore[arg-type]
+    assert (await gate.admit(auth("tp-good"), "m", UPSTREAM)).key == GOOD
+    store.down = True
+    clock.now = 2.0
+    assert (await gate.admit(auth("tp-good"), "m", UPSTREAM)).key == GOOD
+    with pytest.raises(DatabaseUnavailable):
+        await gate.admit(auth("tp-never-seen"), "m", UPSTREAM)

@@ -84,6 +84,9 @@ async def test_serve_with_postgres_down_answers_spools_and_migrates_once_it_is_b
             )
             assert (down["status"], down["schema_migrated"]) == ("unavailable", False)
             assert (await api.get("/readyz")).status_code == 503
+            listing = await api.get("/usage/requests")  # the API needs the database: 503
+            assert listing.status_code == 503
+            assert listing.json()["error"]["code"] == "database_unavailable"
 
             await asyncio.to_thread(restartable_postgres.start)
             ready = await until_json(
