@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 from sqlalchemy.engine import make_url
@@ -42,6 +43,8 @@ _UNREACHABLE_SQLSTATES = ("08", "53", "57P")
 
 FIRST_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 15.0
+REMINDER_SECONDS = 300.0
+"""While the database stays away, a line every this many seconds says so."""
 
 
 class DatabaseUnusable(Exception):
@@ -164,6 +167,8 @@ class Schema:
     async def _keep_trying(self) -> None:
         delay = self._first_delay
         last_problem = ""
+        since = time.monotonic()
+        remind_at = since + REMINDER_SECONDS
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_delay)
@@ -171,16 +176,32 @@ class Schema:
                 await self._migrate()
             except DATABASE_ERRORS as exc:
                 # The background boundary: the database may stay away for long; say it once
-                # per kind of failure, not per attempt.
+                # per kind of failure, and then every few minutes, not per attempt.
                 problem = _reason(exc)
-                if not is_unreachable(exc, self._engine.dialect.name) and problem != last_problem:
+                unreachable = is_unreachable(exc, self._engine.dialect.name)
+                if problem != last_problem and not unreachable:
                     log.error(
                         "database %s answers but cannot be migrated (%s); retrying every %.0fs",
                         display_url(self._engine),
                         problem,
                         self._max_delay,
                     )
+                elif time.monotonic() >= remind_at:
+                    log.warning(
+                        "database %s still unavailable after %.0fs (%s); %d records spooled",
+                        display_url(self._engine),
+                        time.monotonic() - since,
+                        problem,
+                        self._spooled(),
+                    )
+                    remind_at = time.monotonic() + REMINDER_SECONDS
                 last_problem = problem
+                continue
+            except Exception:
+                # Not the database's availability (e.g. a revision this version does not
+                # know): a retry may not help, but serving goes on; the traceback tells why.
+                log.exception("migrating database %s failed", display_url(self._engine))
+                delay = self._max_delay
                 continue
             log.warning(
                 "database %s reachable again; migrated to revision %s; replaying %d spooled "
