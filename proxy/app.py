@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import Depends, FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from proxy.access.alerts import Alerter
@@ -20,6 +21,7 @@ from proxy.api.budgets import budgets_router
 from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
 from proxy.api.prices import prices_router
+from proxy.api.unavailable import install_database_error_handler
 from proxy.api.usage import usage_router
 from proxy.config import Settings
 from proxy.dashboard import dashboard_router
@@ -29,10 +31,10 @@ from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
 from proxy.session_costs import SessionCosts
+from proxy.startup import QuietStartupFailure
 from proxy.store.access import KeyStore
+from proxy.store.availability import DatabaseUnusable, Schema, open_engine
 from proxy.store.budgets import BudgetStore
-from proxy.store.engine import create_engine
-from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
@@ -50,8 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database.url)
-        await upgrade_database(engine)
+        spool = Spool(settings.database.spool_dir, settings.database.spool_max_bytes)
+        engine, schema = await _open_database(app, settings.database.url, spool)
         prices = PriceBook(settings.prices)
         counter = TokenCounter(settings.tokenizers)
         # Loaded here, before the server is ready, rather than by the first request that counts:
@@ -70,13 +72,15 @@ def create_app(settings: Settings) -> FastAPI:
             queue_size=settings.database.queue_size,
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
-            spool=Spool(settings.database.spool_dir, settings.database.spool_max_bytes),
+            spool=spool,
             on_stored=session_costs.confirm_stored,
+            writable=lambda: schema.ready,
         )
         await writer.start()
         client = _upstream_client(settings)
         app.state.settings = settings
         app.state.engine = engine
+        app.state.schema = schema
         metrics.track_writer(writer.stats)
         app.state.metrics = metrics
         app.state.writer = writer
@@ -87,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.keys,
             require_virtual_keys=settings.access.require_virtual_keys,
             cache_seconds=settings.access.key_cache_seconds,
+            outage_tolerance=settings.access.outage_tolerance_seconds,
         )
         budget_store = BudgetStore(engine)
         app.state.budgets = Budgets(
@@ -95,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
             prices,
             refresh_seconds=settings.access.key_cache_seconds or 1.0,
             alerter=_alerter(settings, budget_store),
+            outage_allowance=settings.access.budget_outage_allowance,
         )
         await app.state.budgets.start()
         app.state.forwarder = Forwarder(
@@ -122,6 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.budgets.stop()
+            await schema.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
             await session_costs.close()
@@ -131,6 +138,8 @@ def create_app(settings: Settings) -> FastAPI:
     # An API answers a path or 404s; a redirect to a guessed path only confuses clients.
     app.router.redirect_slashes = False
     install_error_handlers(app)
+    install_database_error_handler(app)
+    app.add_middleware(QuietStartupFailure)
     guard = [Depends(admin_guard(settings.admin_token))]
     reader = [Depends(usage_guard(settings.admin_token))]
     app.include_router(usage_router(dependencies=reader))
@@ -149,6 +158,24 @@ def create_app(settings: Settings) -> FastAPI:
 async def _proxy(request: Request) -> Response:
     forwarder: Forwarder = request.app.state.forwarder
     return await forwarder.handle(request)
+
+
+async def _open_database(app: FastAPI, url: str, spool: Spool) -> tuple[AsyncEngine, Schema]:
+    """The engine and its schema: migrated now, or in the background once the database is
+    reachable. A misconfigured database stops start-up with one line, not a traceback."""
+    try:
+        engine = open_engine(url)
+        schema = Schema(engine, spooled=lambda: spool.pending_records)
+        try:
+            await schema.start(str(spool.location.resolve()))
+        except BaseException:
+            await engine.dispose()
+            raise
+    except DatabaseUnusable as exc:
+        log.error("%s", exc)
+        app.state.startup_failure = str(exc)  # see proxy.startup
+        raise
+    return engine, schema
 
 
 def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:

@@ -166,10 +166,17 @@ class MeteringSettings(_Section):
 
 
 class AccessSettings(_Section):
-    """Virtual keys: whether they are required, and how long a replica trusts a lookup."""
+    """Virtual keys: whether they are required, and how long a replica trusts a lookup.
+
+    While the database is unavailable, a key looked up within ``outage_tolerance_seconds``
+    stays as it was, and budgets admit from their last known usage, up to
+    ``budget_outage_allowance`` of each limit per replica (0: refuse budgeted requests).
+    """
 
     require_virtual_keys: bool = False
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    outage_tolerance_seconds: float = Field(default=300.0, ge=0, le=86400)
+    budget_outage_allowance: float = Field(default=0.1, ge=0, le=1)
 
 
 class AlertSettings(_Section):

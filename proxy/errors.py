@@ -13,6 +13,7 @@
     │   └── BudgetExceeded          429: a budget would be exceeded; names the budget
     ├── MissingUpstreamKey          500: a virtual key, but the upstream has no key configured
     ├── RecordsUnavailable          503: the request could not be metered (when_unrecordable)
+    ├── DatabaseUnavailable         503: the database is needed to decide and is unavailable
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
         └── UpstreamTimeout         504
@@ -99,6 +100,11 @@ class MissingUpstreamKey(TallyError):
 class RecordsUnavailable(TallyError):
     status_code = 503
     code = "records_unavailable"
+
+
+class DatabaseUnavailable(TallyError):
+    status_code = 503
+    code = "database_unavailable"
 
 
 class UpstreamError(TallyError):

@@ -21,6 +21,7 @@ from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
     BudgetExceeded,
+    DatabaseUnavailable,
     InvalidRequest,
     ModelNotRouted,
     RecordsUnavailable,
@@ -149,7 +150,7 @@ class Forwarder:
         if self.budgets is not None:
             try:
                 await self.budgets.reserve(exchange)
-            except BudgetExceeded as exc:
+            except (BudgetExceeded, DatabaseUnavailable) as exc:
                 return error_response(exc, id_header)
         where = target(upstream, request.path_params["path"], plan.model)
         try:

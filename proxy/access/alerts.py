@@ -22,6 +22,7 @@ import orjson
 
 from proxy.api.budgets import budget_json
 from proxy.api.serialize import iso_utc
+from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.budgets import BudgetStore
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,12 @@ class Alerter:
         for attempt in range(1, self.max_attempts + 1):
             problem = await self._post(body, headers)
             if problem is None:
-                await self.store.mark_delivered(status["id"], status["period_start"], threshold)
                 log.info("budget alert sent: %s at %d%%", status["name"], threshold)
+                try:
+                    await self.store.mark_delivered(status["id"], status["period_start"], threshold)
+                except DATABASE_ERRORS as exc:
+                    # Sent, and claimed, so never sent twice; only the delivery time is lost.
+                    log.warning("budget alert delivery not recorded: %s", exc)
                 return
             if attempt < self.max_attempts:
                 log.warning(

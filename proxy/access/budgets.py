@@ -7,6 +7,8 @@ decides atomically (``proxy.store.budgets``), so replicas sharing one Postgres a
 record writer settles the real usage. Definitions are cached and refreshed in the
 background, so a request no budget applies to costs no database call; the same background
 task releases stale reservations and checks alert thresholds (``proxy.access.alerts``).
+While the database is unavailable, reservations are decided from the last known usage
+(``proxy.access.outage``): a request is never refused with a 500 for it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+from proxy.access.outage import OutageLedger
 from proxy.access.periods import Period
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
+from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
 
@@ -128,6 +132,8 @@ class Budgets:
         *,
         refresh_seconds: float = 5.0,
         alerter: Alerter | None = None,
+        outage_allowance: float = 0.0,
+        reserve_timeout: float = DECISION_TIMEOUT,
     ) -> None:
         self.store = store
         self.counter = counter
@@ -136,9 +142,16 @@ class Budgets:
         self.alerter = alerter
         self._budgets: tuple[Budget, ...] = ()
         self._task: asyncio.Task[None] | None = None
+        self.ledger = OutageLedger(outage_allowance)
+        self.reserve_timeout = reserve_timeout
 
     async def start(self) -> None:
-        await self.refresh()
+        """Read the definitions (later, when the database is unavailable now) and keep them
+        fresh in the background."""
+        try:
+            await self.refresh()
+        except DATABASE_ERRORS as exc:
+            log.debug("budget definitions not read yet (%s): the database is unavailable", exc)
         self._task = asyncio.create_task(self._maintain(), name="tallyproxy-budgets")
 
     async def stop(self) -> None:
@@ -151,6 +164,13 @@ class Budgets:
     async def refresh(self) -> None:
         """Read the definitions again (after a change on this replica, or periodically)."""
         self._budgets = tuple(budget_of(row) for row in await self.store.definitions())
+        self.ledger.begin_read()
+        try:
+            usage = await self.store.usage(self._budgets, datetime.now(UTC))
+        except BaseException:
+            self.ledger.read_failed()
+            raise
+        self.ledger.end_read(usage)
 
     def matching(self, exchange: Exchange) -> list[Budget]:
         return [
@@ -168,9 +188,32 @@ class Budgets:
         if not budgets:
             return
         hold = await asyncio.to_thread(estimate_hold, exchange, self.counter, self.prices)
-        await self.store.reserve(exchange.id, budgets, hold, exchange.created_at)
+        try:
+            await asyncio.wait_for(
+                self.store.reserve(exchange.id, budgets, hold, exchange.created_at),
+                self.reserve_timeout,
+            )
+        except DATABASE_ERRORS as exc:  # a timeout too
+            # The database's boundary: decide from the last known usage instead.
+            if not self.ledger.in_outage:
+                log.warning(
+                    "budget reservations fail (%s: %s); deciding from the last known usage, "
+                    "up to %s of each limit per budget until the database is back",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    f"{float(self.ledger.allowance):.1%}",
+                )
+            self.ledger.admit(budgets, hold, exchange.created_at)
+            return
+        if self.ledger.in_outage:
+            log.warning(
+                "budget reservations work again; %d requests were admitted from memory",
+                self.ledger.admitted_total,
+            )
+        self.ledger.reserved(budgets, hold, exchange.created_at)
 
     async def _maintain(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
@@ -180,6 +223,10 @@ class Budgets:
                     log.info("released %d stale budget reservations", released)
                 if self.alerter is not None:
                     await self.alerter.check(datetime.now(UTC))
+                failing = False
             except Exception as exc:
-                # The background boundary: keep the cached definitions and try again later.
-                log.warning("budget refresh failed: %s", exc)
+                # The background boundary: keep the cached definitions and try again later;
+                # said once, not every few seconds for as long as the database is away.
+                if not failing:
+                    log.warning("budget refresh failed: %s", exc)
+                failing = True

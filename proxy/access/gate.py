@@ -3,11 +3,14 @@
 Requests without a virtual key cost nothing here (a scan of the headers, no database call)
 unless the config requires keys. Lookups are cached for ``key_cache_seconds``: a key revoked
 on another replica stops working here within that time, and at once on this one
-(``forget``).
+(``forget``). While the database is unavailable a key looked up within
+``outage_tolerance`` seconds keeps its last known state; any other gets a 503.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,8 +18,11 @@ from datetime import UTC, datetime
 
 from proxy.access.keys import VirtualKey, has_credentials, hash_key, presented_key
 from proxy.config import UpstreamSettings
-from proxy.errors import InvalidApiKey, MissingUpstreamKey, ModelNotAllowed
+from proxy.errors import DatabaseUnavailable, InvalidApiKey, MissingUpstreamKey, ModelNotAllowed
 from proxy.store.access import KeyStore
+from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
+
+log = logging.getLogger(__name__)
 
 MAX_CACHED = 10_000
 
@@ -40,13 +46,19 @@ class Gate:
         *,
         require_virtual_keys: bool = False,
         cache_seconds: float = 5.0,
+        outage_tolerance: float = 300.0,
+        lookup_timeout: float = DECISION_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.require_virtual_keys = require_virtual_keys
         self.cache_seconds = cache_seconds
         self._clock = clock
-        self._cache: dict[str, tuple[VirtualKey | None, float]] = {}
+        self.outage_tolerance = outage_tolerance
+        self.lookup_timeout = lookup_timeout
+        # hash -> (key or None, cached until, looked up at)
+        self._cache: dict[str, tuple[VirtualKey | None, float, float]] = {}
+        self._failing = False
 
     async def admit(
         self,
@@ -58,7 +70,8 @@ class Gate:
 
         401 for an unknown, revoked or expired key (or none, when keys are required), 403 for
         a model the key may not call, 500 when the upstream has no key of its own to use in
-        place of the virtual one.
+        place of the virtual one, 503 when the database is unavailable and the key was not
+        looked up within the outage tolerance.
         """
         headers = list(headers)
         secret = presented_key(headers)
@@ -91,16 +104,43 @@ class Gate:
         if cached is not None and cached[1] > now:
             key = cached[0]
         else:
-            key = await self.store.find(digest) if self.store is not None else None
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.clear()  # guessed keys must not grow the cache without bound
-            self._cache[digest] = (key, now + self.cache_seconds)
+            key = await self._look_up(digest, cached, now)
         if key is None or not key.usable_at(datetime.now(UTC)):
             return None
         return key
 
+    async def _look_up(
+        self, digest: str, cached: tuple[VirtualKey | None, float, float] | None, now: float
+    ) -> VirtualKey | None:
+        if self.store is None:
+            return None
+        try:
+            key = await asyncio.wait_for(self.store.find(digest), self.lookup_timeout)
+        except DATABASE_ERRORS as exc:  # a timeout too
+            # The database's boundary: decide from memory within the tolerance, else 503.
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "virtual key lookups fail (%s: %s); keys looked up in the last %.0fs "
+                    "keep their last known state, others get 503",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    self.outage_tolerance,
+                )
+            if cached is not None and now - cached[2] <= self.outage_tolerance:
+                return cached[0]
+            raise DatabaseUnavailable(
+                "the database is unavailable and this key has not been checked within "
+                f"{self.outage_tolerance:.0f}s; try again shortly"
+            ) from None
+        self._failing = False
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()  # guessed keys must not grow the cache without bound
+        self._cache[digest] = (key, now + self.cache_seconds, now)
+        return key
+
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache, e.g. after revoking it on this replica."""
-        stale = [h for h, (key, _) in self._cache.items() if key is not None and key.id == key_id]
+        stale = [h for h, (key, *_) in self._cache.items() if key is not None and key.id == key_id]
         for digest in stale:
             del self._cache[digest]

@@ -57,18 +57,24 @@ async def healthz() -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers, the writer is keeping up and a new record could be
-    stored (``recordable``: not database down with the spool full, nor memory at its bound);
-    503 otherwise."""
+    """Ready when the database answers, its schema is migrated, the writer is keeping up and
+    a new record could be stored (``recordable``: not database down with the spool full, nor
+    memory at its bound); 503 otherwise."""
     queries: UsageQueries = request.app.state.queries
+    schema = getattr(request.app.state, "schema", None)
+    migrated = schema is None or bool(schema.ready)
     try:
-        database = await asyncio.wait_for(queries.ping(), PING_TIMEOUT)
+        database = migrated and await asyncio.wait_for(queries.ping(), PING_TIMEOUT)
     except TimeoutError:
         database = False
     writer = getattr(request.app.state, "writer", None)
     writer_stats: dict[str, Any] = writer.stats() if writer is not None else {"healthy": False}
     ready = database and bool(writer_stats["healthy"]) and writer_stats.get("recordable", False)
-    body = {"status": "ready" if ready else "unavailable", "database": database}
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "database": database,
+        "schema_migrated": migrated,
+    }
     body |= stats_json({"writer_healthy": writer_stats.pop("healthy"), **writer_stats})
     return JSONResponse(body, status_code=200 if ready else 503)
 

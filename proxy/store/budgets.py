@@ -20,11 +20,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, select
+from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.access.budgets import Budget, Hold, budget_of
+from proxy.access.outage import Amount, Slot
 from proxy.access.periods import Period, period_end, period_start
 from proxy.errors import BudgetExceeded
 from proxy.money import format_usd
@@ -156,6 +157,25 @@ class BudgetStore:
                 "reserved_tokens": 0,
             }
         return dict(row)
+
+    async def usage(self, defined: Sequence[Budget], at: datetime) -> dict[Slot, Amount]:
+        """Spent plus reserved in each budget's period holding ``at``: what a replica
+        decides from while the database is unavailable (``proxy.access.outage``)."""
+        if not defined:
+            return {}
+        slots = {budget.id: (budget.id, period_start(budget.period, at)) for budget in defined}
+        c = budget_spend.c
+        query = select(
+            c.budget_id, c.spent_usd, c.reserved_usd, c.spent_tokens, c.reserved_tokens
+        ).where(or_(*(and_(c.budget_id == i, c.period_start == s) for i, s in slots.values())))
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return {
+            slots[row.budget_id]: Amount(
+                EXACT.add(row.spent_usd, row.reserved_usd), row.spent_tokens + row.reserved_tokens
+            )
+            for row in rows
+        }
 
     async def status(self, at: datetime, subject_key: str | None = None) -> list[dict[str, Any]]:
         """Each budget (only the key's own with ``subject_key``) with its current period."""

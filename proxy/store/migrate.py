@@ -105,8 +105,10 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
 
-async def upgrade_database(engine: AsyncEngine) -> None:
+async def upgrade_database(engine: AsyncEngine) -> str | None:
     """Bring the database schema to the newest revision; a no-op when it is already there.
+
+    Returns the revision the database is at now.
 
     On Postgres a session advisory lock serialises the upgrade, so replicas that start
     together wait for the first one instead of racing to create the same tables. The whole
@@ -117,6 +119,10 @@ async def upgrade_database(engine: AsyncEngine) -> None:
     if head is None or await current_revisions(engine) != [head]:
         await _locked_upgrade(engine)
     log.info("database schema is up to date (%s)", engine.url.render_as_string(hide_password=True))
+    if head is not None:
+        return head
+    revisions = await current_revisions(engine)
+    return ", ".join(revisions) if revisions else None
 
 
 async def _locked_upgrade(engine: AsyncEngine) -> None:

@@ -86,6 +86,8 @@ class RecordWriter(Generic[T]):
 
     Every lost record is counted in ``lost`` by reason (``dropped_total`` is their sum) and
     logged at most once a second.
+    ``writable`` (spool mode) holds the database stage back while it says False: batches
+    are spooled and the spool waits (the app's hook while the schema is not migrated).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class RecordWriter(Generic[T]):
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         linger: float = DEFAULT_LINGER,
         on_stored: Callable[[list[RequestRecord]], None] | None = None,
+        writable: Callable[[], bool] | None = None,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
             raise ValueError(
@@ -116,6 +119,9 @@ class RecordWriter(Generic[T]):
         self._spool = spool
         self._write_timeout = write_timeout
         self._on_stored = on_stored
+        # False while the schema is not migrated (database down at start): spool, never
+        # write into tables that are not there yet.
+        self._writable = writable or (lambda: True)
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -503,9 +509,10 @@ class RecordWriter(Generic[T]):
         replay_turn = False
         while True:
             now = time.monotonic()
-            retry_due = now >= self._retry_at
+            writable = self._writable()  # False until the schema is migrated
+            retry_due = now >= self._retry_at and writable
             replay_due = bool(self._spool.pending_records) and retry_due and not self._closed
-            if self._held and (self._down_since is None or retry_due):
+            if self._held and writable and (self._down_since is None or retry_due):
                 await self._offer_held()
             elif self._handoff and not (replay_turn and replay_due):
                 await self._write_handoff()
@@ -517,7 +524,7 @@ class RecordWriter(Generic[T]):
                 return
             else:
                 timeout = self._flush_interval
-                if self._spool.pending_records or self._held:
+                if writable and (self._spool.pending_records or self._held):
                     timeout = min(timeout, self._retry_at - now)
                 await _wait(self._db_wakeup, max(timeout, 0.001))
 
@@ -525,7 +532,8 @@ class RecordWriter(Generic[T]):
         # The batch leaves the handoff only once written or spilled: a stop that cancels
         # this task then spools it (or counts it as lost), never forgets it.
         records = self._handoff[0][1]
-        unwritten = records if self._down_since else await self._write_or_keep(records)
+        skip = self._down_since is not None or not self._writable()
+        unwritten = records if skip else await self._write_or_keep(records)
         if unwritten:
             await self._spill(unwritten)
         self._handoff.popleft()

@@ -106,6 +106,64 @@ async def test_a_burst_overshoots_a_small_budget_by_at_most_one_request(
     assert refused.value.status_code == 429
 
 
+async def burst_without_max_tokens(
+    proxy: RunningProxy, count: int, **fields: Any
+) -> list[str | None]:
+    """``count`` concurrent requests naming no output limit; None (admitted) or the error code."""
+
+    async def one() -> str | None:
+        try:
+            await proxy.sdk.chat.completions.create(model=MODEL, messages=MESSAGES, **fields)
+        except openai.RateLimitError as exc:
+            return str(exc.code)
+        return None
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def spent_once_settled(proxy: RunningProxy, admitted: int) -> dict[str, Any]:
+    """The one budget once the records of ``admitted`` requests are stored and settled."""
+    await proxy.records(admitted)
+    deadline = time.monotonic() + 10
+    while True:
+        [budget] = await budgets_of(proxy)
+        done = Decimal(budget["reserved_usd"]) == 0 and budget["reserved_tokens"] == 0
+        if done or time.monotonic() > deadline:
+            return budget
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,  # the overshoot, not some other failure
+    reason="fixed by the spend-control issue: a request without max_tokens reserves its input "
+    "only, so a concurrent burst overshoots (issue 13, item 10; here USD 4.76x, tokens 3.5x)",
+)
+@pytest.mark.parametrize("limit", [{"usd": "0.05"}, {"tokens": 100}], ids=["usd", "tokens"])
+async def test_a_burst_without_max_tokens_overshoots_by_at_most_one_request(
+    priced_proxy: RunningProxy, fake_upstream: FakeUpstream, limit: dict[str, Any]
+) -> None:
+    # Slow answers: every reservation is made before the first record settles, as under load.
+    fake_upstream.scenario, fake_upstream.delay_ms = "slow", 300
+    created = await priced_proxy.api.post(
+        "/admin/budgets",
+        json={"scope": "user", "subject": "eve", "period": "day", **limit},
+    )
+    assert created.status_code == 201, created.text
+    results = await burst_without_max_tokens(priced_proxy, 20, user="eve")
+    admitted = results.count(None)
+    assert set(results) <= {None, "budget_exceeded"}
+    budget = await spent_once_settled(priced_proxy, admitted)
+    if "usd" in limit:
+        overshoot = Decimal(budget["spent_usd"]) - Decimal(limit["usd"])
+        assert overshoot <= REQUEST_COST, f"{admitted} admitted, {budget['spent_usd']} USD spent"
+    else:
+        overshoot_tokens = budget["spent_tokens"] - limit["tokens"]
+        assert overshoot_tokens <= fake_upstream.usage.total_tokens, (
+            f"{admitted} admitted, {budget['spent_tokens']} tokens spent"
+        )
+
+
 async def test_budgets_on_users_and_tokens_apply_without_virtual_keys(
     priced_proxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
