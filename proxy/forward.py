@@ -17,6 +17,7 @@ from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.keys import VirtualKey
 from proxy.answer import BufferedAnswer
+from proxy.body import read_body
 from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
@@ -101,7 +102,7 @@ class Forwarder:
         endpoint: str = request.scope["path"]
         headers = request.headers.items()
         try:
-            body = await _read_body(request, self.max_body_bytes)
+            body = await read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
             upstream = choose_upstream(self.routes, plan.model)
@@ -112,6 +113,9 @@ class Forwarder:
             return error_response(InvalidRequest(str(exc)), id_header)
         except TagError as exc:
             return error_response(InvalidRequest(str(exc), param=exc.header), id_header)
+        except BodyTooLarge as exc:
+            # Closed after the 413: a body drained only up to its bound leaves no known state.
+            return error_response(exc, {**id_header, "connection": "close"})
         except NoRoute as exc:
             return error_response(ModelNotRouted(str(exc), param="model"), id_header)
         except TallyError as exc:
@@ -253,20 +257,6 @@ def _with_query(url: str, client_query: str, route_query: dict[str, str]) -> str
         kept = [(k, v) for k, v in parse_qsl(client_query, True) if k not in route_query]
         client_query = urlencode([*kept, *route_query.items()])
     return f"{url}?{client_query}" if client_query else url
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        parts.append(part)
-    return b"".join(parts)
 
 
 def _headers_without_encoding(response: UpstreamResponse) -> list[tuple[str, str]]:
