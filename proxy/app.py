@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await writer.start()
         client = _upstream_client(settings)
+        metrics.track_pools(client.pool_stats)
         app.state.settings = settings
         app.state.engine = engine
         metrics.track_writer(writer.stats)
@@ -162,6 +163,5 @@ def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
 
 
 def _upstream_client(settings: Settings) -> UpstreamClient:
-    # Per-request timeouts come from each route; the pool is shared by all of them.
-    upstream = settings.upstream
-    return UpstreamClient(upstream.max_connections, trust_env=upstream.trust_env)
+    # Each route its own pool, of its own max_connections: one slow upstream holds only its own.
+    return UpstreamClient(settings.routes)

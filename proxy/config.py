@@ -64,6 +64,7 @@ class UpstreamSettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    pool_timeout: float = Field(default=10.0, gt=0)
     trust_env: bool = False
 
     @field_validator("url")

@@ -12,6 +12,7 @@
     │   ├── BodyTooLarge            413
     │   └── BudgetExceeded          429: a budget would be exceeded; names the budget
     ├── MissingUpstreamKey          500: a virtual key, but the upstream has no key configured
+    ├── UpstreamPoolExhausted       503: the proxy's own pool for the upstream stayed full
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
         └── UpstreamTimeout         504
@@ -93,6 +94,13 @@ class BudgetExceeded(ClientError):
 
 class MissingUpstreamKey(TallyError):
     code = "upstream_key_missing"
+
+
+class UpstreamPoolExhausted(TallyError):
+    """Not the upstream's fault: it was never asked, the proxy had no connection to spare."""
+
+    status_code = 503
+    code = "upstream_pool_exhausted"
 
 
 class UpstreamError(TallyError):

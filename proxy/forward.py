@@ -25,7 +25,7 @@ from proxy.errors import (
     InvalidRequest,
     ModelNotRouted,
     TallyError,
-    UpstreamError,
+    UpstreamPoolExhausted,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
@@ -49,6 +49,7 @@ from proxy.streaming import PassthroughStream
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
 from proxy.upstream_client import (
+    PoolExhaustedError,
     Timeouts,
     UpstreamClient,
     UpstreamConnectError,
@@ -156,6 +157,7 @@ class Forwarder:
                 ),
                 plan.body,
                 upstream_timeout(upstream),
+                upstream,
             )
         except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
@@ -272,7 +274,13 @@ def _upstream_error_message(payload: dict[str, Any] | None, status: int) -> str:
     return f"upstream {status}"
 
 
-def _describe_upstream_error(exc: UpstreamHTTPError, upstream: str) -> UpstreamError:
+def _describe_upstream_error(exc: UpstreamHTTPError, upstream: str) -> TallyError:
+    if isinstance(exc, PoolExhaustedError):
+        return UpstreamPoolExhausted(
+            f"tallyproxy's connection pool for upstream '{exc.pool}' is full: all "
+            f"{exc.max_connections} connections (its max_connections) stayed in use for "
+            f"{exc.waited:g} s (its pool_timeout); the upstream was not asked, retry later"
+        )
     if isinstance(exc, UpstreamTimeoutError):
         return UpstreamTimeout(f"the upstream {upstream} did not answer in time ({exc.kind})")
     if isinstance(exc, UpstreamConnectError):
