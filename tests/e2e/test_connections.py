@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 import yaml
 
 from tests.support.fake_upstream import FakeUpstream
@@ -207,3 +208,59 @@ def test_malformed_http_and_late_headers_are_answered_in_openai_shape(
         with connect(port) as sock:  # not a byte sent: closed, nothing to answer
             assert read_all(sock, wait=30) == b""
     assert fake_upstream.requests == []
+
+
+LIMIT = 32 * 1024 * 1024
+OVER = 33 * 1024 * 1024
+POST = b"POST /v1/chat/completions HTTP/1.%d\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def upload(port: int, head: bytes, body: Iterator[bytes]) -> tuple[int, dict[str, str], Any]:
+    """Send the whole request as a client does (the body to its end), then read the answer."""
+    with connect(port) as sock:
+        sock.sendall(head)
+        for part in body:
+            sock.sendall(part)  # a reset here is what clients saw instead of the 413
+        return answer(read_all(sock))
+
+
+def plain(size: int) -> Iterator[bytes]:
+    for _ in range(size // 65536):
+        yield b"x" * 65536
+
+
+def chunked(size: int) -> Iterator[bytes]:
+    for part in plain(size):
+        yield b"%x\r\n%s\r\n" % (len(part), part)
+    yield b"0\r\n\r\n"
+
+
+def test_a_body_over_the_limit_gets_a_readable_413(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    length = b"Content-Length: %d\r\n" % OVER
+    requests = {
+        "Connection: close": (POST % 1 + length + b"Connection: close\r\n\r\n", plain(OVER)),
+        "HTTP/1.0": (POST % 0 + length + b"\r\n", plain(OVER)),
+        "chunked": (POST % 1 + b"Transfer-Encoding: chunked\r\n\r\n", chunked(OVER)),
+    }
+    with edge_proxy(tmp_path, fake_upstream) as port:
+        for case, (head, body) in requests.items():
+            status, headers, error = upload(port, head, body)
+            assert (case, status) == (case, 413)
+            assert headers["connection"] == "close"
+            assert error["error"]["code"] == "request_too_large"
+            assert str(LIMIT) in error["error"]["message"]
+
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=0, timeout=30
+        ) as sdk:
+            big = "x" * OVER
+            with pytest.raises(openai.APIStatusError) as refused:
+                sdk.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": big}]
+                )
+        assert refused.value.status_code == 413
+        assert refused.value.code == "request_too_large"
+        assert chat(port) == fake_upstream.reply
+    assert len(fake_upstream.requests) == 1  # only the last, small one
