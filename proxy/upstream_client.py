@@ -62,7 +62,7 @@ class PoolExhaustedError(UpstreamHTTPError):
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Seconds to connect (including waiting for a pooled connection) and between reads."""
+    """Seconds to connect and between reads (waiting for a pooled connection: pool_timeout)."""
 
     connect: float
     read: float
