@@ -148,7 +148,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             self._answer_and_close(_Answer(429, message, "requests", "too_many_connections"))
             return
-        self._counted_as = address
+        if limits.max_per_client is not None:
+            self._counted_as = address  # admit() counted it: connection_lost gives it back
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
