@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await writer.start()
         client = _upstream_client(settings)
+        metrics.track_pools(client.pool_stats)
         app.state.settings = settings
         app.state.engine = engine
         app.state.schema = schema
@@ -192,6 +193,5 @@ def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
 
 
 def _upstream_client(settings: Settings) -> UpstreamClient:
-    # Per-request timeouts come from each route; the pool is shared by all of them.
-    upstream = settings.upstream
-    return UpstreamClient(upstream.max_connections, trust_env=upstream.trust_env)
+    # Each route its own pool, of its own max_connections: one slow upstream holds only its own.
+    return UpstreamClient(settings.routes)

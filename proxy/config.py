@@ -39,6 +39,9 @@ class ServerSettings(_Section):
     log_level: LogLevel = "info"
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     shutdown_grace: float = Field(default=30.0, ge=0)
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
+    max_connections: int | None = Field(default=None, ge=1)
+    max_connections_per_client: int | None = Field(default=256, ge=1)
 
 
 UpstreamKind = Literal["openai", "azure", "openai-compatible", "anthropic"]
@@ -61,6 +64,7 @@ class UpstreamSettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    pool_timeout: float = Field(default=10.0, gt=0)
     trust_env: bool = False
 
     @field_validator("url")

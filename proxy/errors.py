@@ -14,6 +14,7 @@
     ├── MissingUpstreamKey          500: a virtual key, but the upstream has no key configured
     ├── RecordsUnavailable          503: the request could not be metered (when_unrecordable)
     ├── DatabaseUnavailable         503: the database is needed to decide and is unavailable
+    ├── UpstreamPoolExhausted       503: the proxy's own pool for the upstream stayed full
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
         └── UpstreamTimeout         504
@@ -105,6 +106,13 @@ class RecordsUnavailable(TallyError):
 class DatabaseUnavailable(TallyError):
     status_code = 503
     code = "database_unavailable"
+
+
+class UpstreamPoolExhausted(TallyError):
+    """Not the upstream's fault: it was never asked, the proxy had no connection to spare."""
+
+    status_code = 503
+    code = "upstream_pool_exhausted"
 
 
 class UpstreamError(TallyError):

@@ -17,6 +17,7 @@ from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.keys import VirtualKey
 from proxy.answer import BufferedAnswer
+from proxy.body import read_body
 from proxy.config import UpstreamSettings
 from proxy.errors import (
     BodyTooLarge,
@@ -26,7 +27,7 @@ from proxy.errors import (
     ModelNotRouted,
     RecordsUnavailable,
     TallyError,
-    UpstreamError,
+    UpstreamPoolExhausted,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
@@ -51,6 +52,7 @@ from proxy.streaming import PassthroughStream
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
 from proxy.upstream_client import (
+    PoolExhaustedError,
     Timeouts,
     UpstreamClient,
     UpstreamConnectError,
@@ -113,7 +115,7 @@ class Forwarder:
         endpoint: str = request.scope["path"]
         headers = request.headers.items()
         try:
-            body = await _read_body(request, self.max_body_bytes)
+            body = await read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
             upstream = choose_upstream(self.routes, plan.model)
@@ -124,6 +126,9 @@ class Forwarder:
             return error_response(InvalidRequest(str(exc)), id_header)
         except TagError as exc:
             return error_response(InvalidRequest(str(exc), param=exc.header), id_header)
+        except BodyTooLarge as exc:
+            # Closed after the 413: a body drained only up to its bound leaves no known state.
+            return error_response(exc, {**id_header, "connection": "close"})
         except NoRoute as exc:
             return error_response(ModelNotRouted(str(exc), param="model"), id_header)
         except TallyError as exc:
@@ -164,6 +169,7 @@ class Forwarder:
                 ),
                 plan.body,
                 upstream_timeout(upstream),
+                upstream,
             )
         except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
@@ -267,20 +273,6 @@ def _with_query(url: str, client_query: str, route_query: dict[str, str]) -> str
     return f"{url}?{client_query}" if client_query else url
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        parts.append(part)
-    return b"".join(parts)
-
-
 def _headers_without_encoding(response: UpstreamResponse) -> list[tuple[str, str]]:
     # The client hands over decoded bytes, so the upstream's content-encoding no longer applies.
     pairs = client_headers(response.headers)
@@ -294,7 +286,13 @@ def _upstream_error_message(payload: dict[str, Any] | None, status: int) -> str:
     return f"upstream {status}"
 
 
-def _describe_upstream_error(exc: UpstreamHTTPError, upstream: str) -> UpstreamError:
+def _describe_upstream_error(exc: UpstreamHTTPError, upstream: str) -> TallyError:
+    if isinstance(exc, PoolExhaustedError):
+        return UpstreamPoolExhausted(
+            f"tallyproxy's connection pool for upstream '{exc.pool}' is full: all "
+            f"{exc.max_connections} connections (its max_connections) stayed in use for "
+            f"{exc.waited:g} s (its pool_timeout); the upstream was not asked, retry later"
+        )
     if isinstance(exc, UpstreamTimeoutError):
         return UpstreamTimeout(f"the upstream {upstream} did not answer in time ({exc.kind})")
     if isinstance(exc, UpstreamConnectError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +33,9 @@ from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.records import CLIENT_DISCONNECTED, RequestRecord
+
+if TYPE_CHECKING:
+    from proxy.upstream_client import PoolStats
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ TOKEN_KINDS = (
 )
 
 WriterStats = Callable[[], Mapping[str, Any]]
+PoolStatsReader = Callable[[], Sequence["PoolStats"]]
 
 
 class Metrics:
@@ -124,6 +128,10 @@ class Metrics:
     def track_writer(self, stats: WriterStats) -> None:
         """Expose the record writer's queue and spool, read at each scrape."""
         self.registry.register(_WriterCollector(stats))
+
+    def track_pools(self, stats: PoolStatsReader) -> None:
+        """Expose each upstream's connection pool (size, in use, waiting), read at each scrape."""
+        self.registry.register(_PoolCollector(stats))
 
     def observing(
         self, prepare: Callable[[list[T]], list[RequestRecord]]
@@ -265,3 +273,35 @@ def _storage_state(stats: Mapping[str, Any]) -> Iterator[Metric]:
         for reason, count in sorted(stats["lost"].items()):
             lost.add_metric((reason,), count)
         yield lost
+
+
+class _PoolCollector(Collector):
+    """Each upstream's connection pool, read at scrape time; labelled by name and URL."""
+
+    def __init__(self, stats: PoolStatsReader) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["name", "upstream"]
+        families = (
+            ("max_connections", "tallyproxy_upstream_pool_max_connections", "Size of the pool"),
+            ("in_use", "tallyproxy_upstream_pool_in_use", "Connections held by requests"),
+            ("waiting", "tallyproxy_upstream_pool_waiting", "Requests waiting for a connection"),
+        )
+        pools = self._stats()
+        for field, name, documentation in families:
+            gauge = GaugeMetricFamily(name, documentation, labels=labels)
+            for pool in pools:
+                gauge.add_metric([pool.name, pool.url], getattr(pool, field))
+            yield gauge
+        exhausted = CounterMetricFamily(
+            "tallyproxy_upstream_pool_exhausted",
+            "Requests answered 503 because the pool stayed full for its pool_timeout",
+            labels=labels,
+        )
+        for pool in pools:
+            exhausted.add_metric([pool.name, pool.url], pool.exhausted_total)
+        yield exhausted

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import resource
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,12 @@ from proxy.commands.common import database_flags
 from proxy.config import ENV_KEYS, Settings, load_settings
 
 if TYPE_CHECKING:
+    from proxy.connections import ConnectionLimits
     from proxy.fastpath import ProxyFastPath
+
+log = logging.getLogger(__name__)
+# Linux's default ceiling (fs.nr_open) when the hard limit is "unlimited".
+NR_OPEN_DEFAULT = 1024 * 1024
 
 
 def register(commands: Any) -> None:
@@ -37,6 +44,8 @@ def register(commands: Any) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from proxy.connections import ConnectionGuard
+
     options: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,
@@ -47,7 +56,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         "proxy_headers": False,
         "timeout_graceful_shutdown": int(settings.server.shutdown_grace),
         "loop": "uvloop",
-        "http": "httptools",
+        "http": ConnectionGuard(
+            connection_limits(settings, raise_descriptor_limit())
+        ).protocol_factory(),
         "ws": "none",  # no WebSocket routes: no websockets module in memory
     }
     if args.workers <= 1:
@@ -60,6 +71,44 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             "proxy.commands.serve:worker_app", factory=True, workers=args.workers, **options
         )
     return 0
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard one where allowed; return the limit.
+
+    Each client and upstream connection holds a descriptor: at the usual soft limit of 1,024
+    a few hundred clients would be enough to make ``accept()`` fail for everybody.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = NR_OPEN_DEFAULT if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning(
+                "file descriptors: limit stays %d, raising it to %d failed: %s", soft, wanted, exc
+            )
+            return soft
+        log.info("file descriptors: limit raised from %d to %d", soft, wanted)
+        return wanted
+    log.info("file descriptors: limit %d", soft)
+    return soft if soft != resource.RLIM_INFINITY else NR_OPEN_DEFAULT
+
+
+def connection_limits(settings: Settings, descriptors: int) -> ConnectionLimits:
+    """The client connection bounds: as configured, or what the descriptor limit leaves."""
+    from proxy.connections import ConnectionLimits, client_connection_bound
+
+    server = settings.server
+    upstream = sum(route.max_connections for route in settings.routes)
+    bound = server.max_connections or client_connection_bound(descriptors, upstream)
+    log.info(
+        "connections: at most %d from clients, %s per client address, headers within %g s",
+        bound,
+        server.max_connections_per_client or "no bound",
+        server.header_timeout,
+    )
+    return ConnectionLimits(server.header_timeout, bound, server.max_connections_per_client)
 
 
 def worker_app(settings: Settings | None = None) -> ProxyFastPath:
