@@ -155,3 +155,44 @@ async def test_invalid_budgets_are_refused(
 ) -> None:
     response = await priced_proxy.api.post("/admin/budgets", json=body)
     assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize(
+    ("limit", "field"),
+    [
+        ({"usd": 1e30}, "usd"),
+        ({"usd": "1e18"}, "usd"),
+        ({"usd": "Infinity"}, "usd"),
+        ({"usd": "NaN"}, "usd"),
+        ({"tokens": 1e20}, "tokens"),
+        ({"tokens": 2**63}, "tokens"),
+    ],
+)
+async def test_limits_beyond_what_the_database_holds_are_a_400_naming_the_field(
+    priced_proxy: RunningProxy, limit: dict[str, Any], field: str
+) -> None:
+    body = {"scope": "user", "subject": "x", "period": "day", **limit}
+    response = await priced_proxy.api.post("/admin/budgets", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+    assert await budgets_of(priced_proxy) == []
+
+
+async def test_the_largest_limits_the_database_holds_are_accepted(
+    priced_proxy: RunningProxy, database_url: str
+) -> None:
+    sqlite = database_url.startswith("sqlite")
+    usd = "9223372.036854775807" if sqlite else "999999999999999999.999999999999"
+    # Just past the bound is refused by the store: SQLite's is far below NUMERIC(30, 12)'s.
+    past = "9223372.036854775808" if sqlite else "1000000000000000000"
+    body = {"scope": "user", "subject": "y", "period": "day", "usd": past}
+    response = await priced_proxy.api.post("/admin/budgets", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "usd"
+    for limit in ({"usd": usd}, {"tokens": 2**63 - 1}):
+        body = {"scope": "user", "subject": "x", "period": "day", **limit}
+        response = await priced_proxy.api.post("/admin/budgets", json=body)
+        assert response.status_code == 201, response.text
+    limits = sorted(
+        str(b["limit_usd"] or b["limit_tokens"]) for b in await budgets_of(priced_proxy)
+    )
+    assert limits == sorted([usd, str(2**63 - 1)])
