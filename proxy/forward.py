@@ -41,7 +41,14 @@ from proxy.plan import (
 )
 from proxy.pricing import PriceBook
 from proxy.records import Exchange, new_record_id
-from proxy.routing import NoRoute, choose_upstream, credential_headers, target
+from proxy.routing import (
+    NoRoute,
+    UnsafePath,
+    check_path,
+    choose_upstream,
+    credential_headers,
+    target,
+)
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
 from proxy.streaming import PassthroughStream
@@ -100,11 +107,15 @@ class Forwarder:
         id_header = {REQUEST_ID_HEADER: record_id}
         endpoint: str = request.scope["path"]
         headers = request.headers.items()
+        path: str = request.path_params["path"]
         try:
+            # Before anything else: a path that could reach another target goes nowhere.
+            check_path(path, request.scope.get("raw_path"))
             body = await _read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
             upstream = choose_upstream(self.routes, plan.model)
+            where = target(upstream, path, plan.model)
             # A virtual key is resolved here; it never reaches the upstream, whose own key
             # replaces it (upstream_headers drops every client credential header).
             admission = await self.gate.admit(headers, plan.model, upstream)
@@ -114,6 +125,8 @@ class Forwarder:
             return error_response(InvalidRequest(str(exc), param=exc.header), id_header)
         except NoRoute as exc:
             return error_response(ModelNotRouted(str(exc), param="model"), id_header)
+        except UnsafePath as exc:
+            return error_response(InvalidRequest(str(exc), param=exc.param), id_header)
         except TallyError as exc:
             return error_response(exc, id_header)
         if upstream.stream_usage:
@@ -140,7 +153,6 @@ class Forwarder:
                 await self.budgets.reserve(exchange)
             except BudgetExceeded as exc:
                 return error_response(exc, id_header)
-        where = target(upstream, request.path_params["path"], plan.model)
         try:
             response = await self.client.send(
                 request.method,

@@ -8,7 +8,6 @@ sending). Headers of its ``http_client`` are sent as given, so that is the way i
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -16,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import RunningProxy
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.raw_http import error_of, raw_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 IDS = ["ü-session", "セッション-一", "🚀-launch", "👨\u200d👩\u200d👧 family"]
@@ -65,30 +65,16 @@ async def test_utf8_ids_through_the_sdk_are_stored_and_found_by_their_real_name(
     assert "x-session-id" not in fake_upstream.requests[-1].headers
 
 
-async def raw_request(proxy: RunningProxy, header_lines: bytes) -> tuple[int, bytes]:
-    """One HTTP/1.1 request written byte by byte, so header bytes are exactly as given."""
-    url = urlsplit(proxy.url)
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nAuthorization: Bearer sk-client\r\n"
-        + header_lines
-        + b"Content-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
-    )
-    await writer.drain()
-    answer = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, content = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), content
+CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+async def tagged_request(proxy: RunningProxy, line: bytes) -> tuple[int, bytes]:
+    headers = [b"Content-Type: application/json", b"Authorization: Bearer sk-client", line]
+    return await raw_request(proxy.url, b"POST", b"/v1/chat/completions", headers, CHAT)
 
 
 async def test_raw_utf8_header_bytes_are_read_as_utf8(sqlite_proxy: RunningProxy) -> None:
-    status, _ = await raw_request(sqlite_proxy, "X-Session-Id: ü-session\r\n".encode())
+    status, _ = await tagged_request(sqlite_proxy, "X-Session-Id: ü-session".encode())
     assert status == 200
     found = await session(sqlite_proxy, "ü-session")
     assert found.status_code == 200, found.text
@@ -103,10 +89,10 @@ async def test_raw_utf8_header_bytes_are_read_as_utf8(sqlite_proxy: RunningProxy
 async def test_invalid_utf8_is_a_400_naming_the_header_and_nothing_is_stored(
     sqlite_proxy: RunningProxy, fake_upstream: FakeUpstream, line: bytes
 ) -> None:
-    status, content = await raw_request(sqlite_proxy, line)
+    status, content = await tagged_request(sqlite_proxy, line)
     assert status == 400
-    assert b"UTF-8" in content
-    header = line.split(b":")[0].decode().lower()
-    assert f'"param":"{header}"'.encode() in content
+    error = error_of(content)
+    assert "UTF-8" in str(error["message"])
+    assert error["param"] == line.split(b":")[0].decode().lower()
     assert fake_upstream.requests == []
     assert (await sqlite_proxy.api.get("/usage/requests")).json()["data"] == []

@@ -1,7 +1,16 @@
+import re
+
 import pytest
 
 from proxy.config import UpstreamSettings
-from proxy.routing import NoRoute, choose_upstream, credential_headers, target
+from proxy.routing import (
+    NoRoute,
+    UnsafePath,
+    check_path,
+    choose_upstream,
+    credential_headers,
+    target,
+)
 
 OPENAI = UpstreamSettings(name="openai", models=("gpt-*", "o3*"))
 DEEPSEEK = UpstreamSettings(
@@ -137,3 +146,75 @@ def test_upstream_kind_defaults(
 ) -> None:
     assert upstream.stream_usage is asks_for_stream_usage
     assert upstream.pricing_provider == provider
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "problem"),
+    [
+        ("../expensive/chat/completions", b"/v1/..%2Fexpensive/chat/completions", "'..'"),
+        ("../admin/keys", b"/v1/../admin/keys", "'..'"),
+        ("chat/../../admin", b"/v1/chat/%2e%2E/%2E%2e/admin", "'..'"),
+        ("chat/./completions", b"/v1/chat/%2e/completions", "'.'"),
+        ("chat/completions/..", b"/v1/chat/completions/..", "'..'"),
+        (".", b"/v1/.", "'.'"),
+        ("chat/completions?api-version=1", b"/v1/chat/completions%3Fapi-version=1", "'?'"),
+        ("chat/completions#x", b"/v1/chat/completions%23x", "'#'"),
+        ("chat\\..\\admin", b"/v1/chat%5C..%5Cadmin", "backslash"),
+        ("chat/%2e%2e/admin", b"/v1/chat/%252e%252e/admin", "percent-encoded twice"),
+        ("chat/com\x00pletions", b"/v1/chat/com%00pletions", "control"),
+        ("chat/com\npletions", b"/v1/chat/com%0Apletions", "control"),
+        ("chat/com\x85pletions", b"/v1/chat/com%C2%85pletions", "control"),
+        ("chat/\ufffd", b"/v1/chat/%FF", "not UTF-8"),
+        ("files/a/b/content", b"/v1/files/a%2fb/content", "%2F"),
+        ("files/a\\b/content", b"/v1/files/a%5cb/content", "backslash"),
+    ],
+)
+def test_paths_that_would_change_the_target_are_refused(
+    path: str, raw: bytes, problem: str
+) -> None:
+    with pytest.raises(UnsafePath, match=re.escape(problem)) as caught:
+        check_path(path, raw)
+    assert caught.value.param == "path"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "chat/completions",
+        "models/ft:gpt-4o-mini:org:custom:abc123",
+        "files/file-abc/content",
+        "",
+        "a..b/.hidden/x.",  # dots inside a segment are not dot segments
+        "vector_stores/vs_1/files",
+        "models/Qwen/Qwen2.5-7B-Instruct",
+        "模型/ü",
+    ],
+)
+def test_ordinary_paths_pass(path: str) -> None:
+    check_path(path, b"/v1/" + path.encode())
+
+
+@pytest.mark.parametrize(
+    ("path", "url"),
+    [
+        ("models/ft:gpt-4o:org", "https://api.openai.com/v1/models/ft:gpt-4o:org"),
+        ("files/a b", "https://api.openai.com/v1/files/a%20b"),
+        ("模型", "https://api.openai.com/v1/%E6%A8%A1%E5%9E%8B"),
+    ],
+)
+def test_target_urls_are_percent_encoded(path: str, url: str) -> None:
+    assert target(OPENAI, path, "gpt-4o").url == url
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["cheap/../expensive", "..", "cheap?api-version=2020-01-01", "cheap#", "a\\b", "a%2Fb", "\x00"],
+)
+def test_a_model_that_is_not_one_deployment_segment_is_refused(model: str) -> None:
+    with pytest.raises(UnsafePath) as caught:
+        target(AZURE, "chat/completions", model)
+    assert caught.value.param == "model"
+
+
+def test_a_configured_deployment_name_is_used_as_is() -> None:
+    assert target(AZURE, "chat/completions", "gpt-4o").url.endswith("/prod-4o/chat/completions")
