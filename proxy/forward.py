@@ -71,6 +71,11 @@ REQUEST_ID_HEADER = "x-tally-request-id"
 TOTAL_TOKENS_HEADER = "x-tally-total-tokens"
 COST_HEADER = "x-tally-cost-usd"
 SESSION_COST_HEADER = "x-tally-session-cost-usd"
+UNKNOWN_MODEL = (
+    "tallyproxy cannot tell which model this request is for (the body is neither a JSON "
+    "object nor a form with one 'model' field, or its readings disagree), and a model list "
+    "or a budget applies to it; send JSON with a string 'model'"
+)
 
 
 class Forwarder:
@@ -148,6 +153,8 @@ class Forwarder:
             request_body=plan.json,
             sample_estimate=self.drift_sample_rate > random.random(),
         )
+        if not plan.model_known and _model_matters(admission.key, self.budgets, exchange):
+            return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header)
         if self.budgets is not None:
             try:
                 await self.budgets.reserve(exchange)
@@ -245,6 +252,13 @@ class Forwarder:
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
         return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
+
+
+def _model_matters(key: VirtualKey | None, budgets: Budgets | None, exchange: Exchange) -> bool:
+    """Whether the key's model list or a budget applies: then the model must be known."""
+    if key is not None and key.models:
+        return True
+    return budgets is not None and bool(budgets.matching(exchange))
 
 
 def _user_of(key: VirtualKey | None, tagged: str | None) -> str | None:
