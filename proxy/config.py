@@ -163,9 +163,15 @@ class MeteringSettings(_Section):
 
 
 class AccessSettings(_Section):
-    """Virtual keys: whether they are required, and how long a replica trusts a lookup."""
+    """Virtual keys: whether they are required, and how long a replica trusts a lookup.
+
+    ``allow_anonymous`` runs open on purpose: without it, a proxy that listens beyond
+    loopback or holds a provider key needs ``admin_token``, and a request to an upstream
+    whose key it holds needs a virtual key (see ``proxy.access.mode``).
+    """
 
     require_virtual_keys: bool = False
+    allow_anonymous: bool = False
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
 

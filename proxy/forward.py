@@ -102,7 +102,7 @@ class Forwarder:
         self.drift_sample_rate = drift_sample_rate
         self.max_body_bytes = max_body_bytes
         # Without a gate of the app's, virtual keys are unknown and pass-through stays open.
-        self.gate = gate if gate is not None else Gate(None)
+        self.gate = gate if gate is not None else Gate(None, allow_anonymous=True)
         self.budgets = budgets
 
     async def handle(self, request: Request) -> Response:

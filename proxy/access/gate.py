@@ -1,9 +1,10 @@
 """The gate on ``/v1``: which virtual key a request came with, and whether it may pass.
 
-Requests without a virtual key cost nothing here (a scan of the headers, no database call)
-unless the config requires keys. Lookups are cached for ``key_cache_seconds``: a key revoked
-on another replica stops working here within that time, and at once on this one
-(``forget``).
+Requests without a virtual key cost nothing here (a scan of the headers, no database call);
+they are refused when the config requires keys, or when their upstream has a key of the
+proxy's and ``access.allow_anonymous`` is off. Lookups are cached for
+``key_cache_seconds``: a key revoked on another replica stops working here within that
+time, and at once on this one (``forget``).
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ class Gate:
         store: KeyStore | None,
         *,
         require_virtual_keys: bool = False,
+        allow_anonymous: bool = False,
         cache_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.require_virtual_keys = require_virtual_keys
+        self.allow_anonymous = allow_anonymous
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[VirtualKey | None, float]] = {}
@@ -56,14 +59,17 @@ class Gate:
     ) -> Admission:
         """Let a request through, or raise the error that refuses it.
 
-        401 for an unknown, revoked or expired key (or none, when keys are required), 403 for
+        401 for an unknown, revoked or expired key (or none, when keys are required or the
+        upstream has a key of its own and anonymous access is not allowed), 403 for
         a model the key may not call, 500 when the upstream has no key of its own to use in
         place of the virtual one.
         """
         headers = list(headers)
         secret = presented_key(headers)
         if secret is None:
-            if self.require_virtual_keys:
+            # Without a virtual key, a keyed upstream would get the proxy's key for anyone.
+            keyed = upstream.api_key is not None and not self.allow_anonymous
+            if self.require_virtual_keys or keyed:
                 hint = "none given" if not has_credentials(headers) else "a provider key given"
                 raise InvalidApiKey(
                     f"this proxy needs a tallyproxy key (tp-...) as the API key; {hint}"

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from proxy.config import Settings
 from tests.access.conftest import ADMIN, ADMIN_TOKEN, UPSTREAM_KEY, issue_key
 from tests.e2e.conftest import RunningProxy, proxy_settings, start_proxy
 from tests.support.fake_upstream import FakeUpstream, FakeUsage
@@ -23,18 +24,33 @@ REQUEST_COST = Decimal("0.0119")
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-async def priced_proxy(
-    fake_upstream: FakeUpstream, database_url: str
-) -> AsyncIterator[RunningProxy]:
+def priced_settings(fake_upstream: FakeUpstream, database_url: str, **extra: Any) -> Settings:
     fake_upstream.usage = FakeUsage(prompt_tokens=19, completion_tokens=10)
-    settings = proxy_settings(
+    return proxy_settings(
         fake_upstream.base_url,
         database_url,
         upstream__api_key=UPSTREAM_KEY,
         admin_token=ADMIN_TOKEN,
         prices=PRICES,
+        **extra,
     )
+
+
+@pytest.fixture
+async def priced_proxy(
+    fake_upstream: FakeUpstream, database_url: str
+) -> AsyncIterator[RunningProxy]:
+    async with start_proxy(priced_settings(fake_upstream, database_url)) as running:
+        running.api.headers.update(ADMIN)
+        yield running
+
+
+@pytest.fixture
+async def anonymous_priced_proxy(
+    fake_upstream: FakeUpstream, database_url: str
+) -> AsyncIterator[RunningProxy]:
+    """Requests without a virtual key are let through, with the proxy's key."""
+    settings = priced_settings(fake_upstream, database_url, access__allow_anonymous=True)
     async with start_proxy(settings) as running:
         running.api.headers.update(ADMIN)
         yield running
@@ -107,8 +123,9 @@ async def test_a_burst_overshoots_a_small_budget_by_at_most_one_request(
 
 
 async def test_budgets_on_users_and_tokens_apply_without_virtual_keys(
-    priced_proxy: RunningProxy, fake_upstream: FakeUpstream
+    anonymous_priced_proxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
+    priced_proxy = anonymous_priced_proxy
     created = await priced_proxy.api.post(
         "/admin/budgets",
         json={"scope": "user", "subject": "carol", "period": "total", "tokens": 60},
