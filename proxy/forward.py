@@ -48,6 +48,7 @@ from proxy.routing import (
     choose_upstream,
     credential_headers,
     target,
+    upstream_path,
 )
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
@@ -115,12 +116,12 @@ class Forwarder:
         path: str = request.path_params["path"]
         try:
             # Before anything else: a path that could reach another target goes nowhere.
-            check_path(path, request.scope.get("raw_path"))
+            check_path(path)
             body = await _read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
             upstream = choose_upstream(self.routes, plan.model)
-            where = target(upstream, path, plan.model)
+            where = target(upstream, upstream_path(path, request.scope.get("raw_path")), plan.model)
             # A virtual key is resolved here; it never reaches the upstream, whose own key
             # replaces it (upstream_headers drops every client credential header).
             admission = await self.gate.admit(headers, plan.model, upstream)

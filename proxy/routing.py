@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 from proxy.config import UpstreamSettings
 
@@ -32,9 +32,10 @@ class UnsafePath(ValueError):
 # What, once percent-decoded, would let a path reach another target than the one it names:
 # a query or fragment (``%3F``, ``%23``), a backslash (a separator to some servers), a '%'
 # left over (double encoding, decoded again upstream), control characters, U+FFFD (bytes
-# that were not UTF-8) and dot segments.
+# that were not UTF-8) and dot segments. An encoded '/' joined to a dot segment
+# (``..%2F``) is a dot segment once decoded; alone it is forwarded still encoded, as the
+# openai SDK sends ``models.retrieve("org/model")``.
 _UNSAFE = re.compile(r"[?#\\%\x00-\x1f\x7f-\x9f\ufffd]|(?:^|/)\.\.?(?:/|$)")
-_ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c)", re.IGNORECASE)
 _PROBLEMS = {
     "?": "a '?' (the query starts after the path, unencoded)",
     "#": "a '#'",
@@ -67,18 +68,25 @@ def choose_upstream(routes: Sequence[UpstreamSettings], model: str | None) -> Up
     raise NoRoute(f"no upstream is configured for model {model!r}; see 'upstreams:' in the config")
 
 
-def check_path(path: str, raw_path: bytes | None = None) -> None:
+def check_path(path: str) -> None:
     """Raise ``UnsafePath`` for a ``/v1`` path that could reach another upstream target.
 
-    ``path`` is the part after ``/v1/``, percent-decoded (ASGI's ``path``); ``raw_path``
-    the request's path as sent, where an encoded ``/`` or ``\\`` would otherwise become a
-    separator the client did not send.
+    ``path`` is the part after ``/v1/``, percent-decoded (ASGI's ``path``).
     """
     found = _UNSAFE.search(path)
     if found is not None:
         raise UnsafePath(f"invalid path {'/v1/' + path!r}: it contains {_problem(found[0])}")
-    if raw_path is not None and _ENCODED_SEPARATOR.search(raw_path) is not None:
-        raise UnsafePath("invalid path: a percent-encoded '/' or '\\' (%2F, %5C)")
+
+
+def upstream_path(path: str, raw_path: bytes | None) -> str:
+    """The checked path to send upstream, percent-encoded: as the client encoded it.
+
+    ``raw_path`` is the request's path as sent (ASGI's ``raw_path``); without it, or when
+    it does not start with ``/v1/`` literally, the decoded ``path`` is encoded again.
+    """
+    if raw_path is not None and raw_path.startswith(b"/v1/"):
+        return quote_from_bytes(raw_path[4:], safe=_PATH_SAFE + "%")
+    return quote(path, safe=_PATH_SAFE)
 
 
 def _problem(match: str) -> str:
@@ -100,10 +108,10 @@ def target(upstream: UpstreamSettings, path: str, model: str | None) -> Target:
     Azure with ``api_version`` uses deployment URLs:
     ``<url>/openai/deployments/<deployment>/<path>?api-version=<v>``, the deployment being the
     model's entry in ``deployments`` or the model name itself. Everything else is
-    ``<url>/<path>``. ``path`` is decoded (and checked by ``check_path``); the URL is
-    percent-encoded. A deployment that is not one plain segment raises ``UnsafePath``.
+    ``<url>/<path>``. ``path`` is percent-encoded (``upstream_path``). A deployment that is
+    not one plain segment raises ``UnsafePath``.
     """
-    encoded = quote(path, safe=_PATH_SAFE)
+    encoded = path
     if upstream.kind == "azure" and upstream.api_version is not None:
         query = {"api-version": upstream.api_version}
         if model is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.access.conftest import ADMIN, ADMIN_TOKEN, issue_key
@@ -58,6 +59,7 @@ async def test_the_cheap_deployment_is_reached_with_the_configured_api_version(
     assert status == 200, content
     [received] = fake_upstream.requests
     assert received.path == "/openai/deployments/cheap/chat/completions"
+    assert received.raw_path == b"/openai/deployments/cheap/chat/completions"
     assert received.query == f"api-version={API_VERSION}"
     assert received.headers["api-key"] == "azure-proxy-key"
 
@@ -79,7 +81,7 @@ async def test_the_cheap_deployment_is_reached_with_the_configured_api_version(
         b"/v1/%252e%252e/expensive/chat/completions",
         b"/v1/chat/completions%00",
         b"/v1/chat/completions%0d%0aX-Injected:%201",
-        b"/v1/chat%2Fcompletions",
+        b"/v1/chat/completions/%zz",
     ],
 )
 async def test_paths_that_change_the_target_are_refused_before_the_provider(
@@ -120,3 +122,13 @@ async def test_nothing_is_recorded_for_a_refused_path(
     assert status == 200
     [record] = await azure_proxy.records(1)
     assert record["endpoint"] == "/v1/chat/completions"
+
+
+async def test_an_encoded_slash_alone_is_forwarded_still_encoded(
+    sqlite_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    # The openai SDK percent-encodes '/' in an id: models.retrieve("org/model").
+    with pytest.raises(openai.NotFoundError):
+        await sqlite_proxy.sdk.models.retrieve("org/model")
+    [received] = fake_upstream.requests
+    assert received.raw_path == b"/v1/models/org%2Fmodel"
