@@ -127,7 +127,10 @@ def _parameters(header: str) -> dict[str, str]:
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         elif "''" in value:
-            value = unquote(value.partition("''")[2], errors="strict")  # charset''value
+            try:
+                value = unquote(value.partition("''")[2], errors="strict")  # charset''value
+            except UnicodeDecodeError:
+                repeated.add(key)  # unreadable: the part then has no name, and no field
         if key in params:
             repeated.add(key)
         params[key] = value

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.forms import form_fields
 
@@ -76,3 +78,29 @@ AUDIO = (
 )  # fmt: skip
 def test_form_fields(body: bytes, content_type: str, expected: dict[str, list[str]] | None) -> None:
     assert form_fields(body, content_type, NAMES) == expected
+
+
+def test_an_undecodable_extended_name_makes_the_body_unreadable() -> None:
+    body = multipart(b"Content-Disposition: form-data; name*=utf-8''%FF\r\n\r\nm")
+    assert form_fields(body, TYPE, NAMES) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.sampled_from(
+                [b"--" + B.encode(), b"\r\n", b"\r\n\r\n", b"--", b'name="model"', b"name*=",
+                 b"Content-Disposition: form-data; ", b"Content-Transfer-Encoding: x", b";", b'"']
+            ),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([TYPE, "application/x-www-form-urlencoded", "multipart/form-data; boundary=a"]),
+)  # fmt: skip
+def test_any_body_gives_fields_or_none_never_an_exception(
+    pieces: list[bytes], content_type: str
+) -> None:
+    found = form_fields(b"".join(pieces), content_type, NAMES)
+    assert found is None or set(found) <= set(NAMES)
