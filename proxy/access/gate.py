@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from proxy.access.keys import VirtualKey, has_credentials, hash_key, presented_key
+from proxy.access.mode import holds_provider_key
 from proxy.config import UpstreamSettings
 from proxy.errors import InvalidApiKey, MissingUpstreamKey, ModelNotAllowed
 from proxy.store.access import KeyStore
@@ -68,7 +69,7 @@ class Gate:
         secret = presented_key(headers)
         if secret is None:
             # Without a virtual key, a keyed upstream would get the proxy's key for anyone.
-            keyed = upstream.api_key is not None and not self.allow_anonymous
+            keyed = holds_provider_key(upstream) and not self.allow_anonymous
             if self.require_virtual_keys or keyed:
                 hint = "none given" if not has_credentials(headers) else "a provider key given"
                 raise InvalidApiKey(

@@ -18,7 +18,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy.config import ConfigError, Settings
+from proxy.access.keys import CREDENTIAL_HEADERS
+from proxy.config import ConfigError, Settings, UpstreamSettings
 
 Mode = Literal["local", "locked", "anonymous"]
 
@@ -41,9 +42,19 @@ def is_loopback(host: str) -> bool:
         return False  # a name, or "" (every interface): assume it is reachable
 
 
+def holds_provider_key(upstream: UpstreamSettings) -> bool:
+    """Whether the proxy sends a credential of its own to ``upstream``.
+
+    ``api_key`` / ``api_key_env``, or a credential header among its extra ``headers``.
+    """
+    if upstream.api_key is not None or upstream.api_key_env is not None:
+        return True
+    return any(name.lower() in CREDENTIAL_HEADERS for name in upstream.headers)
+
+
 def access_mode(settings: Settings) -> AccessMode:
     """The access mode of ``settings``; ``ConfigError`` when it would be open by accident."""
-    keyed = [route.name for route in settings.routes if route.api_key or route.api_key_env]
+    keyed = [route.name for route in settings.routes if holds_provider_key(route)]
     host = settings.server.host
     if settings.access.allow_anonymous:
         return AccessMode("anonymous", _anonymous(settings, keyed))

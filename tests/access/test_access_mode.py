@@ -73,6 +73,11 @@ def test_access_modes(values: dict[str, Any], mode: str) -> None:
             {"upstreams": [{"name": "oa", "api_key_env": "HOME"}, {"name": "local"}]},
             "provider key for upstream(s) oa",
         ),
+        # A credential among the upstream's extra headers is a provider key too.
+        (
+            {"upstream__headers": {"Api-Key": "azure-secret"}},
+            "provider key for upstream(s) default",
+        ),
         # allow_anonymous must be said explicitly: false is the default, and means no.
         ({"server__host": "0.0.0.0", "access__allow_anonymous": False}, "beyond loopback"),
     ],
@@ -161,6 +166,21 @@ async def test_no_credentials_never_get_the_proxy_key(
         headers = {"Authorization": f"Bearer {issued['key']}"}
         assert (await client.post("/chat/completions", json=CHAT, headers=headers)).is_success
     assert fake_upstream.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+async def test_a_key_in_the_upstream_headers_is_guarded_like_api_key(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    settings = proxy_settings(
+        fake_upstream.base_url,
+        f"sqlite+aiosqlite:///{tmp_path}/t.db",
+        upstream__headers={"Authorization": "Bearer sk-in-headers"},
+        admin_token=ADMIN_TOKEN,
+    )
+    async with start_proxy(settings) as proxy:
+        refused = await proxy.api.post("/v1/chat/completions", json=CHAT)  # no credentials
+    assert refused.status_code == 401
+    assert fake_upstream.requests == []
 
 
 async def test_anonymous_admin_calls_cannot_mint_keys_when_locked(
