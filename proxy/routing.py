@@ -133,9 +133,13 @@ def credential_headers(
 ) -> list[tuple[str, str]]:
     """The key header the upstream expects: its configured key, or the client's own.
 
+    None at all when the route's ``headers`` hold a credential (they are added after).
+
     The openai SDK always sends ``Authorization: Bearer``; Azure wants ``api-key`` and
     Anthropic ``x-api-key``, so a client's bearer key is moved to the header the kind expects.
     """
+    if any(name.lower() in CREDENTIAL_HEADERS for name in upstream.headers):
+        return []  # the route's own headers carry its key; the client's never go with it
     sent = {name: value for name, value in client_headers if name in CREDENTIAL_HEADERS}
     header = {"azure": "api-key", "anthropic": "x-api-key"}.get(upstream.kind)
     if header is None:

@@ -83,7 +83,7 @@ class Gate:
             raise ModelNotAllowed(
                 f"the key {key.name!r} may not call model {model!r}", param="model"
             )
-        if upstream.api_key is None:
+        if not holds_provider_key(upstream):
             raise MissingUpstreamKey(
                 f"the upstream {upstream.name!r} has no api_key in the config, so a request "
                 "with a tallyproxy key cannot be sent to it; set upstreams[].api_key_env"

@@ -179,8 +179,13 @@ async def test_a_key_in_the_upstream_headers_is_guarded_like_api_key(
     )
     async with start_proxy(settings) as proxy:
         refused = await proxy.api.post("/v1/chat/completions", json=CHAT)  # no credentials
-    assert refused.status_code == 401
-    assert fake_upstream.requests == []
+        assert refused.status_code == 401
+        assert fake_upstream.requests == []
+        issued = await issue_key(proxy.api)
+        headers = {"Authorization": f"Bearer {issued['key']}"}
+        allowed = await proxy.api.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert allowed.status_code == 200, allowed.text
+    assert fake_upstream.requests[-1].headers["authorization"] == "Bearer sk-in-headers"
 
 
 async def test_anonymous_admin_calls_cannot_mint_keys_when_locked(

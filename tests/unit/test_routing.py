@@ -232,3 +232,9 @@ def test_a_model_that_is_not_one_deployment_segment_is_refused(model: str) -> No
 
 def test_a_configured_deployment_name_is_used_as_is() -> None:
     assert target(AZURE, "chat/completions", "gpt-4o").url.endswith("/prod-4o/chat/completions")
+
+
+def test_a_credential_in_the_route_headers_replaces_every_client_credential() -> None:
+    route = OPENAI.model_copy(update={"headers": {"API-Key": "sk-route"}})
+    sent = [("authorization", "Bearer tp-virtual"), ("x-api-key", "sk-client")]
+    assert credential_headers(route, sent) == []
