@@ -16,6 +16,7 @@ from proxy.access.alerts import Alerter
 from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.guard import admin_guard, usage_guard
+from proxy.access.mode import access_mode
 from proxy.api.admin import admin_router
 from proxy.api.budgets import budgets_router
 from proxy.api.drift import drift_router
@@ -48,7 +49,11 @@ SHUTDOWN_DRAIN_SECONDS = 30.0
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the app; nothing connects until the lifespan starts."""
+    """Build the app; nothing connects until the lifespan starts.
+
+    Raises ``ConfigError`` for a configuration that would be open by accident.
+    """
+    mode = access_mode(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.gate = Gate(
             app.state.keys,
             require_virtual_keys=settings.access.require_virtual_keys,
+            allow_anonymous=settings.access.allow_anonymous,
             cache_seconds=settings.access.key_cache_seconds,
             outage_tolerance=settings.access.outage_tolerance_seconds,
         )
@@ -121,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         for route in settings.routes:
             models = ", ".join(route.models) or "every other model"
             log.info("upstream %s (%s) at %s serves %s", route.name, route.kind, route.url, models)
+        log.log(logging.WARNING if mode.name == "anonymous" else logging.INFO, mode.description)
         # What start-up built (price data, routes, pools) lives as long as the process: moved
         # out of the collector's sight, old-generation collections stop scanning it per pause.
         gc.collect()

@@ -175,9 +175,14 @@ class AccessSettings(_Section):
     While the database is unavailable, a key looked up within ``outage_tolerance_seconds``
     stays as it was, and budgets admit from their last known usage, up to
     ``budget_outage_allowance`` of each limit per replica (0: refuse budgeted requests).
+
+    ``allow_anonymous`` runs open on purpose: without it, a proxy that listens beyond
+    loopback or holds a provider key needs ``admin_token``, and a request to an upstream
+    whose key it holds needs a virtual key (see ``proxy.access.mode``).
     """
 
     require_virtual_keys: bool = False
+    allow_anonymous: bool = False
     key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     outage_tolerance_seconds: float = Field(default=300.0, ge=0, le=86400)
     budget_outage_allowance: float = Field(default=0.1, ge=0, le=1)

@@ -44,7 +44,15 @@ from proxy.plan import (
 )
 from proxy.pricing import PriceBook
 from proxy.records import Exchange, new_record_id
-from proxy.routing import NoRoute, choose_upstream, credential_headers, target
+from proxy.routing import (
+    NoRoute,
+    UnsafePath,
+    check_path,
+    choose_upstream,
+    credential_headers,
+    target,
+    upstream_path,
+)
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
 from proxy.store.writer import Recordable
@@ -73,6 +81,11 @@ RECORDS_UNAVAILABLE = (
     "tallyproxy cannot record requests now (database down and spool full, or its queue "
     "full), so it does not serve them (database.when_unrecordable: refuse); retry shortly"
 )
+UNKNOWN_MODEL = (
+    "tallyproxy cannot tell which model this request is for (the body is neither a JSON "
+    "object nor a form with one 'model' field, or its readings disagree), and a model list "
+    "or a budget applies to it; send JSON with a string 'model'"
+)
 
 
 class Forwarder:
@@ -100,7 +113,7 @@ class Forwarder:
         self.drift_sample_rate = drift_sample_rate
         self.max_body_bytes = max_body_bytes
         # Without a gate of the app's, virtual keys are unknown and pass-through stays open.
-        self.gate = gate if gate is not None else Gate(None)
+        self.gate = gate if gate is not None else Gate(None, allow_anonymous=True)
         self.budgets = budgets
         # database.when_unrecordable: refuse; None serves whatever the writer's state.
         self.records = refuse_unless_recordable
@@ -114,11 +127,15 @@ class Forwarder:
         id_header = {REQUEST_ID_HEADER: record_id}
         endpoint: str = request.scope["path"]
         headers = request.headers.items()
+        path: str = request.path_params["path"]
         try:
+            # Before anything else: a path that could reach another target goes nowhere.
+            check_path(path)
             body = await read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             tags = parse_tags(headers, plan.json)
             upstream = choose_upstream(self.routes, plan.model)
+            where = target(upstream, upstream_path(path, request.scope.get("raw_path")), plan.model)
             # A virtual key is resolved here; it never reaches the upstream, whose own key
             # replaces it (upstream_headers drops every client credential header).
             admission = await self.gate.admit(headers, plan.model, upstream)
@@ -131,6 +148,8 @@ class Forwarder:
             return error_response(exc, {**id_header, "connection": "close"})
         except NoRoute as exc:
             return error_response(ModelNotRouted(str(exc), param="model"), id_header)
+        except UnsafePath as exc:
+            return error_response(InvalidRequest(str(exc), param=exc.param), id_header)
         except TallyError as exc:
             return error_response(exc, id_header)
         if upstream.stream_usage:
@@ -152,12 +171,13 @@ class Forwarder:
             request_body=plan.json,
             sample_estimate=self.drift_sample_rate > random.random(),
         )
+        if not plan.model_known and _model_matters(admission.key, self.budgets, exchange):
+            return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header)
         if self.budgets is not None:
             try:
                 await self.budgets.reserve(exchange)
             except (BudgetExceeded, DatabaseUnavailable) as exc:
                 return error_response(exc, id_header)
-        where = target(upstream, request.path_params["path"], plan.model)
         try:
             response = await self.client.send(
                 request.method,
@@ -251,6 +271,13 @@ class Forwarder:
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
         return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
+
+
+def _model_matters(key: VirtualKey | None, budgets: Budgets | None, exchange: Exchange) -> bool:
+    """Whether the key's model list or a budget applies: then the model must be known."""
+    if key is not None and key.models:
+        return True
+    return budgets is not None and bool(budgets.matching(exchange))
 
 
 def _user_of(key: VirtualKey | None, tagged: str | None) -> str | None:

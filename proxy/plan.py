@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from proxy.forms import FORM_TYPES, form_fields, media_type
 from proxy.routing import CREDENTIAL_HEADERS
 from proxy.tags import is_tag_header
 
@@ -31,32 +32,79 @@ HOP_BY_HOP = frozenset(
 READABLE_ENCODINGS = ("gzip", "deflate", "identity")
 
 
+_FORM_FIELDS = ("model", "stream")
+
+
 class BodyError(ValueError):
     """The request body is not the JSON object it claims to be."""
 
 
 @dataclass(frozen=True, slots=True)
 class RequestPlan:
-    """What the proxy learned from a request body and what it sends upstream instead."""
+    """What the proxy learned from a request body and what it sends upstream instead.
+
+    ``model_known`` is False for a body from which no model can be read for certain (not a
+    JSON object, not a form, a model that is not a string, readings that disagree): a key
+    with a model list or a budget cannot judge it, so the forwarder refuses it then.
+    """
 
     body: bytes
     json: dict[str, Any] | None
     model: str | None
     stream: bool
     strip_usage_chunk: bool
+    model_known: bool = True
 
 
 def plan_request(endpoint: str, body: bytes, content_type: str) -> RequestPlan:
     """Parse just enough of the body: the model and whether the answer streams.
 
-    Raises ``BodyError`` when a JSON content type carries a body that is not a JSON object.
+    The body is read as the upstream will read it, whatever its declared type: OpenAI and
+    most servers parse JSON without looking at ``Content-Type``, and uploads carry ``model``
+    as a form field. Raises ``BodyError`` when a JSON content type carries a body that is
+    not a JSON object.
     """
-    parsed = _parse_json_body(body, content_type)
-    if parsed is None:
+    if not body or body.isspace():
         return RequestPlan(body, None, None, False, False)
+    media = media_type(content_type)
+    if "json" in media:  # the common case: one parse, as before
+        return _json_plan(body, _parse_json_body(body))
+    return _undeclared_plan(body, media, content_type)
+
+
+def _json_plan(body: bytes, parsed: dict[str, Any]) -> RequestPlan:
     model = parsed.get("model")
+    known = model is None or isinstance(model, str)
     stream = parsed.get("stream") is True
-    return RequestPlan(body, parsed, model if isinstance(model, str) else None, stream, False)
+    return RequestPlan(
+        body, parsed, model if isinstance(model, str) else None, stream, False, known
+    )
+
+
+def _undeclared_plan(body: bytes, media: str, content_type: str) -> RequestPlan:
+    """A body not declared JSON: read as JSON anyway, and as the form it says it is."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    as_json = _json_plan(body, parsed) if isinstance(parsed, dict) else None
+    if media not in FORM_TYPES:
+        return as_json or RequestPlan(body, None, None, False, False, model_known=False)
+    fields = form_fields(body, content_type, _FORM_FIELDS)
+    models = None if fields is None else fields.get("model", [])
+    if models is None or len(models) > 1:
+        as_form = RequestPlan(body, None, None, False, False, model_known=False)
+    else:
+        streams = (fields or {}).get("stream", [])
+        stream = len(streams) == 1 and streams[0].strip().lower() == "true"
+        as_form = RequestPlan(body, None, models[0] if models else None, stream, False)
+    if as_json is None:
+        return as_form
+    # JSON sent as a form (curl -d does that) names no form field "model": the JSON decides.
+    # A form reading that names another model makes which one the upstream reads a guess.
+    if not models or models == [as_json.model]:
+        return as_json
+    return RequestPlan(body, None, None, False, False, model_known=False)
 
 
 def with_stream_usage(plan: RequestPlan, endpoint: str) -> RequestPlan:
@@ -70,9 +118,7 @@ def with_stream_usage(plan: RequestPlan, endpoint: str) -> RequestPlan:
     return replace(plan, body=_with_include_usage(plan.body, parsed), strip_usage_chunk=True)
 
 
-def _parse_json_body(body: bytes, content_type: str) -> dict[str, Any] | None:
-    if "json" not in content_type.lower() or not body.strip():
-        return None
+def _parse_json_body(body: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

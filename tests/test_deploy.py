@@ -21,8 +21,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from proxy.access.mode import access_mode
 from proxy.cli import build_parser
-from proxy.config import ENV_KEYS, DatabaseSettings, Settings, load_settings
+from proxy.config import ENV_KEYS, ConfigError, DatabaseSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -31,7 +32,8 @@ NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 REPLICAS = ("proxy-1", "proxy-2")
 IMAGE_HOME = "/var/lib/tallyproxy"
 SPOOL = f"{IMAGE_HOME}/{DatabaseSettings().spool_dir.removeprefix('./')}"
-_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
+REQUIRED = {"TALLYPROXY_ADMIN_TOKEN": "a-long-random-admin-token"}
+_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::([-?])([^}]*))?\}")
 
 
 def compose() -> dict[str, Any]:
@@ -44,9 +46,21 @@ def services() -> dict[str, Any]:
     return found
 
 
-def interpolate(value: str) -> str:
-    """Compose's ``${NAME:-default}`` with nothing set: the defaults."""
-    return _VARIABLE.sub(lambda m: m[2] or "", value)
+def interpolate(value: str, given: dict[str, str] | None = None) -> str:
+    """Compose's ``${NAME:-default}`` with only ``given`` set: the defaults otherwise.
+
+    ``${NAME:?message}`` must be given: compose refuses to start without it.
+    """
+
+    def value_of(match: re.Match[str]) -> str:
+        name, kind, rest = match[1], match[2], match[3]
+        if given and name in given:
+            return given[name]
+        if kind == "?":
+            raise LookupError(f"compose refuses to start without {name}: {rest}")
+        return rest or ""
+
+    return _VARIABLE.sub(value_of, value)
 
 
 def assert_is_a_tallyproxy_command(argv: list[str]) -> None:
@@ -117,11 +131,34 @@ def test_the_environment_loads_as_settings_pointing_at_the_postgres_service() ->
     for name in ("migrate", *REPLICAS):
         environment = services()[name]["environment"]
         assert set(environment) <= set(ENV_KEYS) | {"TALLYPROXY_CONFIG"}
-        env = {key: interpolate(value) for key, value in environment.items()}
+        env = {key: interpolate(value, REQUIRED) for key, value in environment.items()}
         settings = load_settings(None, environ=env)
         assert settings.database.url.startswith("postgresql+asyncpg://")
         assert "@postgres:5432/" in settings.database.url
-        assert settings.admin_token is None  # empty until TALLYPROXY_ADMIN_TOKEN is set
+        assert settings.admin_token == REQUIRED["TALLYPROXY_ADMIN_TOKEN"]
+
+
+def test_compose_has_no_empty_admin_token_default() -> None:
+    # The replicas listen on 0.0.0.0 behind a published port: an empty token would be open.
+    for name in ("migrate", *REPLICAS):
+        token = services()[name]["environment"]["TALLYPROXY_ADMIN_TOKEN"]
+        assert token.startswith("${TALLYPROXY_ADMIN_TOKEN:?"), token
+        with pytest.raises(LookupError, match="TALLYPROXY_ADMIN_TOKEN"):
+            interpolate(token)
+
+
+def test_the_replicas_run_locked_with_the_token_and_would_refuse_to_start_without() -> None:
+    for name in REPLICAS:
+        command = services()[name]["command"]
+        host = command[command.index("--host") + 1]
+        given = {**REQUIRED, "TALLYPROXY_UPSTREAM_API_KEY": "sk-provider"}
+        env = {k: interpolate(v, given) for k, v in services()[name]["environment"].items()}
+        settings = load_settings(None, {("server", "host"): host}, environ=env)
+        assert access_mode(settings).name == "locked"
+        del env["TALLYPROXY_ADMIN_TOKEN"]
+        open_settings = load_settings(None, {("server", "host"): host}, environ=env)
+        with pytest.raises(ConfigError, match="TALLYPROXY_ADMIN_TOKEN"):
+            access_mode(open_settings)
 
 
 def test_every_compose_variable_is_documented_in_the_readme() -> None:
@@ -129,7 +166,7 @@ def test_every_compose_variable_is_documented_in_the_readme() -> None:
     section = readme[readme.index("## Scaling out") :]
     variables = set(_VARIABLE.findall(COMPOSE.read_text()))
     assert variables
-    for name, _default in variables:
+    for name, _kind, _default in variables:
         assert f"`{name}`" in section, f"README's 'Scaling out' should explain {name}"
 
 

@@ -1,10 +1,11 @@
 """The gate on ``/v1``: which virtual key a request came with, and whether it may pass.
 
-Requests without a virtual key cost nothing here (a scan of the headers, no database call)
-unless the config requires keys. Lookups are cached for ``key_cache_seconds``: a key revoked
-on another replica stops working here within that time, and at once on this one
-(``forget``). While the database is unavailable a key looked up within
-``outage_tolerance`` seconds keeps its last known state; any other gets a 503.
+Requests without a virtual key cost nothing here (a scan of the headers, no database call);
+they are refused when the config requires keys, or when their upstream has a key of the
+proxy's and ``access.allow_anonymous`` is off. Lookups are cached for
+``key_cache_seconds``: a key revoked on another replica stops working here within that
+time, and at once on this one (``forget``). While the database is unavailable a key looked
+up within ``outage_tolerance`` seconds keeps its last known state; any other gets a 503.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from proxy.access.keys import VirtualKey, has_credentials, hash_key, presented_key
+from proxy.access.mode import holds_provider_key
 from proxy.config import UpstreamSettings
 from proxy.errors import DatabaseUnavailable, InvalidApiKey, MissingUpstreamKey, ModelNotAllowed
 from proxy.store.access import KeyStore
@@ -45,6 +47,7 @@ class Gate:
         store: KeyStore | None,
         *,
         require_virtual_keys: bool = False,
+        allow_anonymous: bool = False,
         cache_seconds: float = 5.0,
         outage_tolerance: float = 300.0,
         lookup_timeout: float = DECISION_TIMEOUT,
@@ -52,6 +55,7 @@ class Gate:
     ) -> None:
         self.store = store
         self.require_virtual_keys = require_virtual_keys
+        self.allow_anonymous = allow_anonymous
         self.cache_seconds = cache_seconds
         self._clock = clock
         self.outage_tolerance = outage_tolerance
@@ -68,7 +72,8 @@ class Gate:
     ) -> Admission:
         """Let a request through, or raise the error that refuses it.
 
-        401 for an unknown, revoked or expired key (or none, when keys are required), 403 for
+        401 for an unknown, revoked or expired key (or none, when keys are required or the
+        upstream has a key of its own and anonymous access is not allowed), 403 for
         a model the key may not call, 500 when the upstream has no key of its own to use in
         place of the virtual one, 503 when the database is unavailable and the key was not
         looked up within the outage tolerance.
@@ -76,7 +81,9 @@ class Gate:
         headers = list(headers)
         secret = presented_key(headers)
         if secret is None:
-            if self.require_virtual_keys:
+            # Without a virtual key, a keyed upstream would get the proxy's key for anyone.
+            keyed = holds_provider_key(upstream) and not self.allow_anonymous
+            if self.require_virtual_keys or keyed:
                 hint = "none given" if not has_credentials(headers) else "a provider key given"
                 raise InvalidApiKey(
                     f"this proxy needs a tallyproxy key (tp-...) as the API key; {hint}"
@@ -89,7 +96,7 @@ class Gate:
             raise ModelNotAllowed(
                 f"the key {key.name!r} may not call model {model!r}", param="model"
             )
-        if upstream.api_key is None:
+        if not holds_provider_key(upstream):
             raise MissingUpstreamKey(
                 f"the upstream {upstream.name!r} has no api_key in the config, so a request "
                 "with a tallyproxy key cannot be sent to it; set upstreams[].api_key_env"

@@ -23,6 +23,7 @@ from proxy.api.budgets import budget_json
 from proxy.api.params import error_json
 from proxy.api.serialize import iso_utc
 from proxy.store.access import KeyStore
+from proxy.store.types import MAX_BIGINT
 
 
 class NewKeyRequest(BaseModel):
@@ -41,8 +42,9 @@ class NewBudgetRequest(BaseModel):
     scope: Literal["key", "user", "session", "global"]
     subject: str | None = Field(default=None, min_length=1, max_length=256)
     period: Period
-    usd: Decimal | None = Field(default=None, gt=0)
-    tokens: int | None = Field(default=None, gt=0)
+    # The database's own bound (smaller on SQLite) is checked by the store, also with a 400.
+    usd: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
+    tokens: int | None = Field(default=None, gt=0, le=MAX_BIGINT)
     alerts: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -11,7 +11,9 @@ from typing import Any
 from proxy.access.budgets import SCOPES
 from proxy.access.periods import PERIODS
 from proxy.commands.common import database_flags, store_command
+from proxy.errors import InvalidRequest
 from proxy.store.budgets import BudgetStore
+from proxy.store.types import MAX_BIGINT
 
 
 def register(commands: Any) -> None:
@@ -52,8 +54,8 @@ def _usd(text: str) -> Decimal:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    if not text.isdigit() or not 0 < int(text) <= MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_BIGINT}")
     return int(text)
 
 
@@ -68,15 +70,19 @@ async def _create(store: BudgetStore, args: argparse.Namespace) -> int:
     if (args.scope == "global") != (args.subject is None):
         print("tallyproxy: --subject names the key id, user or session; none for --scope global")
         return 2
-    row = await store.create(
-        name=args.name or f"{args.scope}:{args.subject or '*'}:{args.period}",
-        scope=args.scope,
-        subject=args.subject,
-        period=args.period,
-        limit_usd=args.usd,
-        limit_tokens=args.tokens,
-        alerts=args.alert,
-    )
+    try:
+        row = await store.create(
+            name=args.name or f"{args.scope}:{args.subject or '*'}:{args.period}",
+            scope=args.scope,
+            subject=args.subject,
+            period=args.period,
+            limit_usd=args.usd,
+            limit_tokens=args.tokens,
+            alerts=args.alert,
+        )
+    except InvalidRequest as exc:
+        print(f"tallyproxy: --{exc.param}: {exc.message}")
+        return 2
     print(f"tallyproxy: budget {row['id']} ({row['name']}) defined")
     return 0
 

@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import resource
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.commands.common import database_flags
-from proxy.config import ENV_KEYS, Settings, load_settings
+from proxy.config import ENV_KEYS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from proxy.connections import ConnectionLimits
@@ -44,7 +45,14 @@ def register(commands: Any) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from proxy.access.mode import access_mode
     from proxy.connections import ConnectionGuard
+
+    try:
+        access_mode(settings)  # an open configuration stops here, before any worker starts
+    except ConfigError as exc:
+        print(f"tallyproxy: {exc}", file=sys.stderr)
+        return 2
 
     options: dict[str, Any] = {
         "host": settings.server.host,

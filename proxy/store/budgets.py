@@ -27,10 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.access.budgets import Budget, Hold, budget_of
 from proxy.access.outage import Amount, Slot
 from proxy.access.periods import Period, period_end, period_start
-from proxy.errors import BudgetExceeded
+from proxy.errors import BudgetExceeded, InvalidRequest
 from proxy.money import format_usd
 from proxy.store.tables import budget_alerts, budget_reservations, budget_spend, budgets
-from proxy.store.types import EXACT, Money
+from proxy.store.types import EXACT, MAX_BIGINT, Money, max_money
 
 RESERVATION_TTL = timedelta(minutes=15)
 ZERO = Decimal(0)
@@ -63,6 +63,8 @@ class BudgetStore:
         limit_tokens: int | None,
         alerts: Sequence[int] = (),
     ) -> dict[str, Any]:
+        """Define a budget; ``InvalidRequest`` names a limit the database cannot hold."""
+        self.check_limits(limit_usd, limit_tokens)
         row = {
             "id": secrets.token_hex(8),
             "name": name,
@@ -77,6 +79,17 @@ class BudgetStore:
         async with self._engine.begin() as connection:
             await connection.execute(budgets.insert().values(**row))
         return row
+
+    def check_limits(self, limit_usd: Decimal | None, limit_tokens: int | None) -> None:
+        """Raise ``InvalidRequest`` (naming ``usd`` or ``tokens``) for a limit out of range."""
+        most = max_money(self._engine.dialect.name)
+        if limit_usd is not None and not (limit_usd.is_finite() and 0 < limit_usd <= most):
+            raise InvalidRequest(
+                f"usd must be above 0 and at most {format_usd(most)} on this database",
+                param="usd",
+            )
+        if limit_tokens is not None and not 0 < limit_tokens <= MAX_BIGINT:
+            raise InvalidRequest(f"tokens must be above 0 and at most {MAX_BIGINT}", param="tokens")
 
     async def delete(self, budget_id: str) -> bool:
         async with self._engine.begin() as connection:

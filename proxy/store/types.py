@@ -19,6 +19,8 @@ EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN)
 _PICO = Decimal(10) ** MONEY_SCALE
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 _SQLITE_MAX = 2**63 - 1
+MAX_BIGINT = 2**63 - 1
+"""The largest value of a BIGINT column (token counts) on both databases."""
 
 
 class Money(TypeDecorator[Decimal]):
@@ -68,6 +70,13 @@ class Money(TypeDecorator[Decimal]):
     @property
     def python_type(self) -> type[Decimal]:
         return Decimal
+
+
+def max_money(dialect_name: str) -> Decimal:
+    """The largest USD amount a ``Money`` column holds on this database (see ``Money``)."""
+    if dialect_name == "sqlite":
+        return Decimal(_SQLITE_MAX).scaleb(-MONEY_SCALE, context=EXACT)
+    return EXACT.subtract(Decimal(10) ** (30 - MONEY_SCALE), _QUANTUM)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -71,6 +71,7 @@ async def test_each_threshold_alerts_once_signed_and_retried(
             admin_token=ADMIN_TOKEN,
             prices=PRICES,
             access__key_cache_seconds=0.1,
+            access__allow_anonymous=True,  # a user's budget, requests without virtual keys
             alerts__webhook_url=f"{hook_url}/hook",
             alerts__webhook_secret=SECRET,
             alerts__retry_seconds=0.05,

@@ -49,3 +49,26 @@ def test_budgets_create_list_delete(database_url: str, capsys: pytest.CaptureFix
     assert main(["budgets", "delete", *db, by_scope["user"]["id"]]) == 1
     assert main(["budgets", "create", *db, "--scope", "global", "--subject", "x",
                  "--period", "day", "--usd", "1"]) == 2  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", [["--usd", "1e30"], ["--usd", "1e18"]])
+def test_budgets_create_refuses_a_usd_limit_the_database_cannot_hold(
+    database_url: str, capsys: pytest.CaptureFixture[str], limit: list[str]
+) -> None:
+    db = ["--database-url", database_url]
+    create = ["budgets", "create", *db, "--scope", "global", "--period", "day", *limit]
+    assert main(create) == 2
+    assert "--usd" in capsys.readouterr().out
+    assert main(["budgets", "list", *db]) == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("limit", [["--tokens", str(2**63)], ["--usd", "inf"]])
+def test_budgets_create_refuses_limits_no_database_holds_before_opening_one(
+    capsys: pytest.CaptureFixture[str], limit: list[str]
+) -> None:
+    create = ["budgets", "create", "--scope", "global", "--period", "day"]
+    with pytest.raises(SystemExit) as exited:
+        main([*create, *limit])
+    assert exited.value.code == 2
+    assert limit[0] in capsys.readouterr().err

@@ -68,6 +68,9 @@ def outage_settings(fake_upstream: FakeUpstream, postgres_url: str, spool: Path)
         access__key_cache_seconds=0.2,
         access__outage_tolerance_seconds=300,
         access__budget_outage_allowance=float(ALLOWANCE),
+        # Requests without a virtual key are sent with the proxy's key: served during the
+        # outage as ever (no lookup, no budget).
+        access__allow_anonymous=True,
     )
 
 

@@ -166,7 +166,10 @@ async def test_configured_upstream_key_replaces_the_client_key(
     from tests.e2e.conftest import proxy_settings, start_proxy
 
     settings = proxy_settings(
-        fake_upstream.base_url, f"sqlite+aiosqlite:///{tmp_path}/k.db", upstream__api_key="sk-real"
+        fake_upstream.base_url,
+        f"sqlite+aiosqlite:///{tmp_path}/k.db",
+        upstream__api_key="sk-real",
+        access__allow_anonymous=True,  # clients without a virtual key use the proxy's key
     )
     async with start_proxy(settings) as running:
         await running.sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES)

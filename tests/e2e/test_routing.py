@@ -45,6 +45,7 @@ async def test_models_route_to_their_upstreams(
             },
             {"name": "openai", "kind": "openai", "url": fake_upstream.base_url},
         ],
+        access__allow_anonymous=True,  # the clients' own keys are replaced by the proxy's
     )
     second_upstream.usage = FakeUsage(prompt_tokens=100, completion_tokens=50, cached_tokens=40)
     async with start_proxy(settings) as proxy:

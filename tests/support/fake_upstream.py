@@ -130,6 +130,7 @@ class RecordedRequest:
     headers: Headers  # case-insensitive
     body: bytes
     received_at: float = field(default_factory=time.monotonic)
+    raw_path: bytes = b""  # the path as sent, before percent-decoding
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -445,6 +446,7 @@ class FakeUpstream:
             query=request.url.query,
             headers=request.headers,
             body=body,
+            raw_path=request.scope.get("raw_path", b""),
         )
         with self._lock:
             self._requests.append(recorded)

@@ -125,3 +125,63 @@ def test_upstream_headers_drop_tags_hop_by_hop_and_client_credentials() -> None:
 )
 def test_readable_encodings(accepted: str, sent: str) -> None:
     assert readable_encodings(accepted) == sent
+
+
+CHAT_BODY = b'{"model": "gpt-4o", "stream": true, "messages": []}'
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data; boundary=xyz"
+UPLOAD = (
+    b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n'
+    b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--xyz--\r\n'
+)
+
+TWO_MODELS = UPLOAD.replace(
+    b"--xyz--", b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n--xyz--'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "model", "stream", "known"),
+    [
+        # Read as the upstream reads it, whatever the declared type.
+        (CHAT_BODY, "text/plain", "gpt-4o", True, True),
+        (CHAT_BODY, "", "gpt-4o", True, True),
+        (CHAT_BODY, "application/octet-stream", "gpt-4o", True, True),
+        (CHAT_BODY, FORM, "gpt-4o", True, True),  # curl -d sends JSON as a form
+        (CHAT_BODY, "Application/JSON; charset=utf-8", "gpt-4o", True, True),
+        (UPLOAD, MULTIPART, "whisper-1", False, True),
+        (b"model=tts-1&stream=true", FORM, "tts-1", True, True),
+        (b'{"messages": []}', "text/plain", None, False, True),  # no model: known absent
+        (b"", "text/plain", None, False, True),
+        (b"  \n", "", None, False, True),
+        # The model cannot be known.
+        (b"model: gpt-4o", "text/plain", None, False, False),
+        (b'["gpt-4o"]', "text/plain", None, False, False),
+        (b'{"model": ["gpt-4o"]}', "application/json", None, False, False),
+        (b'{"model": 4}', "text/plain", None, False, False),
+        (UPLOAD.replace(b"--xyz--", b"--xy"), MULTIPART, None, False, False),
+        (UPLOAD + UPLOAD.replace(b"whisper-1", b"gpt-4o"), MULTIPART, None, False, False),
+        (TWO_MODELS, MULTIPART, None, False, False),
+        (b"model=a&model=b", FORM, None, False, False),
+        (b'{"a":"&model=gpt-4o-mini&","model":"gpt-4o"}', FORM, None, False, False),
+    ],
+)  # fmt: skip
+def test_the_model_is_read_whatever_the_declared_type(
+    body: bytes, content_type: str, model: str | None, stream: bool, known: bool
+) -> None:
+    plan = plan_request(CHAT, body, content_type)
+    assert (plan.model, plan.stream, plan.model_known) == (model, stream, known)
+    assert plan.body is body
+
+
+def test_a_json_body_declared_otherwise_is_parsed_for_tags_and_stream_usage() -> None:
+    plan = with_stream_usage(plan_request(CHAT, CHAT_BODY, "text/plain"), CHAT)
+    assert plan.json is not None and plan.strip_usage_chunk
+    assert json.loads(plan.body)["stream_options"] == {"include_usage": True}
+
+
+def test_a_broken_body_not_declared_json_is_not_a_body_error() -> None:
+    # The proxy does not answer for the upstream: without a model list or budget it passes.
+    assert plan_request(CHAT, b"{not json", "text/plain").model_known is False
+    with pytest.raises(BodyError):
+        plan_request(CHAT, b"{not json", "application/json")

@@ -1,7 +1,18 @@
+import re
+from urllib.parse import unquote
+
 import pytest
 
 from proxy.config import UpstreamSettings
-from proxy.routing import NoRoute, choose_upstream, credential_headers, target
+from proxy.routing import (
+    NoRoute,
+    UnsafePath,
+    check_path,
+    choose_upstream,
+    credential_headers,
+    target,
+    upstream_path,
+)
 
 OPENAI = UpstreamSettings(name="openai", models=("gpt-*", "o3*"))
 DEEPSEEK = UpstreamSettings(
@@ -137,3 +148,93 @@ def test_upstream_kind_defaults(
 ) -> None:
     assert upstream.stream_usage is asks_for_stream_usage
     assert upstream.pricing_provider == provider
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "problem"),
+    [
+        ("../expensive/chat/completions", b"/v1/..%2Fexpensive/chat/completions", "'..'"),
+        ("../admin/keys", b"/v1/../admin/keys", "'..'"),
+        ("chat/../../admin", b"/v1/chat/%2e%2E/%2E%2e/admin", "'..'"),
+        ("chat/./completions", b"/v1/chat/%2e/completions", "'.'"),
+        ("chat/completions/..", b"/v1/chat/completions/..", "'..'"),
+        (".", b"/v1/.", "'.'"),
+        ("chat/completions?api-version=1", b"/v1/chat/completions%3Fapi-version=1", "'?'"),
+        ("chat/completions#x", b"/v1/chat/completions%23x", "'#'"),
+        ("chat\\..\\admin", b"/v1/chat%5C..%5Cadmin", "backslash"),
+        ("chat/%2e%2e/admin", b"/v1/chat/%252e%252e/admin", "percent-encoded twice"),
+        ("chat/com\x00pletions", b"/v1/chat/com%00pletions", "control"),
+        ("chat/com\npletions", b"/v1/chat/com%0Apletions", "control"),
+        ("chat/com\x85pletions", b"/v1/chat/com%C2%85pletions", "control"),
+        ("chat/\ufffd", b"/v1/chat/%FF", "not UTF-8"),
+        ("files/a\\b/content", b"/v1/files/a%5cb/content", "backslash"),
+        ("chat/%zz", b"/v1/chat/%zz", "percent-encoded twice"),
+    ],
+)
+def test_paths_that_would_change_the_target_are_refused(
+    path: str, raw: bytes, problem: str
+) -> None:
+    # ``raw`` is what the client sent; ``path`` what ASGI decodes it to, and what is checked.
+    assert unquote(raw.decode("latin-1"))[4:] == path
+    with pytest.raises(UnsafePath, match=re.escape(problem)) as caught:
+        check_path(path)
+    assert caught.value.param == "path"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "chat/completions",
+        "models/ft:gpt-4o-mini:org:custom:abc123",
+        "files/file-abc/content",
+        "",
+        "a..b/.hidden/x.",  # dots inside a segment are not dot segments
+        "vector_stores/vs_1/files",
+        "models/Qwen/Qwen2.5-7B-Instruct",
+        "模型/ü",
+    ],
+)
+def test_ordinary_paths_pass(path: str) -> None:
+    check_path(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "sent"),
+    [
+        ("models/ft:gpt-4o:org", b"/v1/models/ft:gpt-4o:org", "models/ft:gpt-4o:org"),
+        ("files/a b", b"/v1/files/a%20b", "files/a%20b"),
+        ("files/a b", b"/v1/files/a b", "files/a%20b"),
+        ("模型", "/v1/模型".encode(), "%E6%A8%A1%E5%9E%8B"),
+        ("模型", b"/v1/%e6%a8%a1%e5%9e%8b", "%e6%a8%a1%e5%9e%8b"),
+        # An encoded '/' stays encoded: the openai SDK sends models.retrieve("org/m") so.
+        ("models/org/m", b"/v1/models/org%2Fm", "models/org%2Fm"),
+        # Without a raw path (or one not literally /v1/), the decoded path is encoded again.
+        ("files/a b", None, "files/a%20b"),
+        ("chat/completions", b"/%76%31/chat/completions", "chat/completions"),
+    ],
+)
+def test_the_upstream_path_keeps_the_clients_encoding(
+    path: str, raw: bytes | None, sent: str
+) -> None:
+    assert upstream_path(path, raw) == sent
+    assert target(OPENAI, upstream_path(path, raw), "gpt-4o").url.endswith("/v1/" + sent)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["cheap/../expensive", "..", "cheap?api-version=2020-01-01", "cheap#", "a\\b", "a%2Fb", "\x00"],
+)
+def test_a_model_that_is_not_one_deployment_segment_is_refused(model: str) -> None:
+    with pytest.raises(UnsafePath) as caught:
+        target(AZURE, "chat/completions", model)
+    assert caught.value.param == "model"
+
+
+def test_a_configured_deployment_name_is_used_as_is() -> None:
+    assert target(AZURE, "chat/completions", "gpt-4o").url.endswith("/prod-4o/chat/completions")
+
+
+def test_a_credential_in_the_route_headers_replaces_every_client_credential() -> None:
+    route = OPENAI.model_copy(update={"headers": {"API-Key": "sk-route"}})
+    sent = [("authorization", "Bearer tp-virtual"), ("x-api-key", "sk-client")]
+    assert credential_headers(route, sent) == []

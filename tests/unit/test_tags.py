@@ -52,6 +52,55 @@ def test_invalid_tags_name_the_header(headers: list[tuple[str, str]], bad_header
     assert caught.value.header == bad_header
 
 
+def wire(text: str) -> str:
+    """A header value as ASGI gives it: its UTF-8 bytes, each as one latin-1 character."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    ["ü-session", "セッション-1", "会话-1", "🚀-launch", "👨\u200d👩\u200d👧-family", "ok"],
+)
+def test_non_ascii_ids_in_utf8_headers_are_read_as_sent(session_id: str) -> None:
+    headers = [("x-session-id", wire(session_id)), ("x-user-id", wire(session_id))]
+    assert parse_tags(headers, None) == Tags(session_id=session_id, user_id=session_id)
+
+
+def test_non_ascii_property_values_are_read_as_sent() -> None:
+    assert parse_tags([("x-property-team", wire("équipe ü"))], None).properties == {
+        "team": "équipe ü"
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("x-session-id", b"\xfc-session"),  # latin-1, not UTF-8
+        ("x-user-id", b"\xc3"),  # a cut UTF-8 sequence
+        ("helicone-session-id", b"\xed\xa0\x80"),  # an encoded surrogate
+        ("x-property-team", b"\xff"),
+    ],
+)
+def test_invalid_utf8_is_refused_naming_the_header(name: str, raw: bytes) -> None:
+    with pytest.raises(TagError, match="UTF-8") as caught:
+        parse_tags([(name, raw.decode("latin-1"))], None)
+    assert caught.value.header == name
+
+
+@pytest.mark.parametrize(
+    "value", ["a\u0085b", "a\u202eb", "a\u2028b", "a\x7fb", "\u200d" * 3 + "\x01"]
+)
+def test_control_and_separator_characters_are_refused_in_any_script(value: str) -> None:
+    with pytest.raises(TagError, match="printable"):
+        parse_tags([("x-session-id", wire(value))], None)
+
+
+def test_256_characters_means_characters_not_bytes() -> None:
+    assert parse_tags([("x-session-id", wire("ü" * 256))], None).session_id == "ü" * 256
+    with pytest.raises(TagError, match="257"):
+        parse_tags([("x-session-id", wire("ü" * 257))], None)
+
+
 def test_session_id_of_exactly_256_characters_is_accepted() -> None:
     assert parse_tags([("x-session-id", "s" * 256)], None).session_id == "s" * 256
 
