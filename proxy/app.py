@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
@@ -28,10 +31,12 @@ from proxy.forward import Forwarder
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
+from proxy.records import Exchange
 from proxy.session_costs import SessionCosts
 from proxy.store.access import KeyStore
 from proxy.store.budgets import BudgetStore
 from proxy.store.engine import create_engine
+from proxy.store.journal import Journal, JournaledSink
 from proxy.store.migrate import upgrade_database
 from proxy.store.queries import UsageQueries
 from proxy.store.spool import Spool
@@ -64,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
             counter.preload_default()
         metrics = Metrics()
         session_costs = SessionCosts(engine)
+        journal = Journal(Path(settings.database.spool_dir) / "journal")
         writer = RecordWriter(
             engine,
             metrics.observing(partial(meter_batch, counter, prices)),
@@ -72,8 +78,11 @@ def create_app(settings: Settings) -> FastAPI:
             max_batch=settings.database.max_batch,
             spool=Spool(settings.database.spool_dir, settings.database.spool_max_bytes),
             on_stored=session_costs.confirm_stored,
+            on_settled=journal.settle,
         )
         await writer.start()
+        sink = JournaledSink(journal, writer)
+        await _record_recovered(journal.open(), sink, writer, settings.database.queue_size)
         client = _upstream_client(settings)
         app.state.settings = settings
         app.state.engine = engine
@@ -100,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.forwarder = Forwarder(
             client,
             settings.routes,
-            writer,
+            sink,
             prices,
             session_costs,
             settings.server.max_body_bytes,
@@ -121,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.budgets.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
+            journal.close()
             await session_costs.close()
             await engine.dispose()
 
@@ -146,6 +156,19 @@ def create_app(settings: Settings) -> FastAPI:
 async def _proxy(request: Request) -> Response:
     forwarder: Forwarder = request.app.state.forwarder
     return await forwarder.handle(request)
+
+
+async def _record_recovered(
+    exchanges: list[Exchange], sink: JournaledSink, writer: RecordWriter[Exchange], room: int
+) -> None:
+    """File what killed processes left in their journals, before serving: at the writer's
+    pace, as a large backlog must not overflow its queue."""
+    pending = deque(exchanges)
+    while pending:
+        if writer.queue_depth < room // 2:
+            sink.submit(pending.popleft())
+        else:
+            await asyncio.sleep(0.01)
 
 
 def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:

@@ -44,7 +44,7 @@ from proxy.records import Exchange, new_record_id
 from proxy.routing import NoRoute, choose_upstream, credential_headers, target
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
-from proxy.streaming import PassthroughStream
+from proxy.streaming import PassthroughStream, shutdown_event
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
 from proxy.upstream_client import (
@@ -232,7 +232,14 @@ class Forwarder:
         )
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
-        return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
+        return PassthroughStream(
+            tee.chunks(),
+            response.status_code,
+            headers,
+            tee.finish,
+            on_end=tee.journal_end,
+            goodbye=shutdown_event() if plan is not None else b"",
+        )
 
 
 def _user_of(key: VirtualKey | None, tagged: str | None) -> str | None:

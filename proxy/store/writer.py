@@ -68,6 +68,9 @@ class RecordWriter(Generic[T]):
     database directly again. Memory stays bounded by ``queue_size`` items plus two batches,
     and requests never wait. Without a spool, a failed write is retried with backoff while
     submits keep queueing, up to ``queue_size``; beyond that items are dropped.
+
+    ``on_settled`` hears of every record the writer is done with: committed, fsync'd in the
+    spool, or refused by the database for good (the journal then lets its line go).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class RecordWriter(Generic[T]):
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         linger: float = DEFAULT_LINGER,
         on_stored: Callable[[list[RequestRecord]], None] | None = None,
+        on_settled: Callable[[list[RequestRecord]], None] | None = None,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
             raise ValueError(
@@ -98,6 +102,7 @@ class RecordWriter(Generic[T]):
         self._spool = spool
         self._write_timeout = write_timeout
         self._on_stored = on_stored
+        self._on_settled = on_settled
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -356,6 +361,7 @@ class RecordWriter(Generic[T]):
             except Exception:
                 self.dropped_total += 1
                 log.exception("dropped record %s: the database refuses it", record.id)
+                self._settled([record])
 
     async def _write_with_retry_single(self, record: RequestRecord) -> None:
         try:
@@ -421,6 +427,7 @@ class RecordWriter(Generic[T]):
             log.exception("cannot append to the spool in %s", self._spool.location)
             kept = 0
         self.spooled_total += kept
+        self._settled(records[:kept])
         lost = len(records) - kept
         if lost:
             self.dropped_total += lost
@@ -487,6 +494,7 @@ class RecordWriter(Generic[T]):
                     return records[index:]
                 self.dropped_total += 1
                 log.exception("dropped record %s: the database refuses it", record.id)
+                self._settled([record])
         return []
 
     async def _insert(self, records: list[RequestRecord]) -> None:
@@ -512,6 +520,14 @@ class RecordWriter(Generic[T]):
                 self._on_stored(records)
             except Exception:
                 log.exception("on_stored failed for a batch of %d records", len(records))
+        self._settled(records)
+
+    def _settled(self, records: list[RequestRecord]) -> None:
+        if self._on_settled is not None and records:
+            try:
+                self._on_settled(records)
+            except Exception:
+                log.exception("on_settled failed for a batch of %d records", len(records))
 
     def _database_failed(self, exc: Exception, count: int) -> None:
         assert self._spool is not None
