@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 
 from proxy.pricing import Cost
-from proxy.records import Exchange
+from proxy.records import Exchange, RequestRecord
+from proxy.store.engine import create_engine
 from proxy.store.journal import ESTIMATE_LOST, Journal, JournaledSink, decode_exchange
+from proxy.store.migrate import upgrade_database
+from proxy.store.spool import Spool
+from proxy.store.writer import RecordWriter
 from proxy.usage import Usage
+from tests.resilience.load import until
+from tests.store.factory import identity, make_record
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
@@ -232,3 +238,34 @@ def test_a_full_disk_costs_the_journal_line_not_the_request(
         journal.close()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+async def test_the_writer_settles_what_is_spooled_stored_or_refused_for_good(
+    database_url: str, tmp_path: Path
+) -> None:
+    settled: list[str] = []
+    engine = create_engine(database_url)  # no tables yet: every write fails, as if it were down
+    writer: RecordWriter[RequestRecord] = RecordWriter(
+        engine,
+        identity,
+        spool=Spool(tmp_path / "spool", 1024**2),
+        on_settled=lambda records: settled.extend(r.id for r in records),
+    )
+    await writer.start()
+    try:
+        spooled = [make_record(minutes=i) for i in range(5)]
+        for record in spooled:
+            writer.submit(record)
+        await until(lambda: writer.spooled_total == 5)
+        assert sorted(settled) == sorted(r.id for r in spooled)  # fsync'd in the spool
+        await upgrade_database(engine)
+        await until(lambda: writer.replayed_total == 5)
+        settled.clear()
+        stored, refused = make_record(minutes=7), make_record(minutes=8, cost_usd=0.1)
+        writer.submit(refused)  # a float for money: the database refuses it for good
+        writer.submit(stored)
+        await until(lambda: {stored.id, refused.id} <= set(settled))
+        assert writer.dropped_total == 1
+    finally:
+        await writer.stop(timeout=5)
+        await engine.dispose()
