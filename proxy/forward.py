@@ -232,6 +232,7 @@ class Forwarder:
         )
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
+        self.sink.begin(exchange)
         return PassthroughStream(
             tee.chunks(),
             response.status_code,

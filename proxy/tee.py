@@ -35,6 +35,9 @@ not needed."""
 
 
 class ExchangeSink(Protocol):
+    def begin(self, item: Exchange) -> None:
+        """Note a stream that is starting (so that a kill in its middle leaves a trace)."""
+
     def journal(self, item: Exchange) -> None:
         """Note the exchange as it stands (the client is about to see its end)."""
 

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+KILLED_MID_STREAM = (
+    "the proxy was killed before this stream ended (recovered from its journal): "
+    "tokens and cost unknown"
+)
 ESTIMATE_LOST = (
     "usage estimate unavailable: the proxy was killed before metering this request "
     "(recovered from its journal, which keeps no prompt or completion)"
@@ -120,7 +124,9 @@ def decode_exchange(line: bytes) -> Exchange:
         )
     except (TypeError, ArithmeticError) as exc:
         raise ValueError(f"unreadable journal line: {exc}") from None
-    if needed_estimate and exchange.error is None:
+    if not exchange.completed and exchange.error is None:
+        exchange.error = KILLED_MID_STREAM  # only the stream's opening line was written
+    elif needed_estimate and exchange.error is None:
         exchange.error = ESTIMATE_LOST
     return exchange
 
@@ -157,6 +163,7 @@ class Journal:
         self._next_seq = 0
         self._segments: dict[int, _Segment] = {}
         self._where: dict[str, int] = {}
+        self._opening: set[str] = set()  # ids whose only line is a stream's opening one
         self._last_warning = 0.0
         self.failed_writes = 0
         """Lines that could not be written (disk full, unwritable): those records are only
@@ -166,6 +173,10 @@ class Journal:
 
     def __contains__(self, record_id: str) -> bool:
         return record_id in self._where
+
+    def holds_final(self, record_id: str) -> bool:
+        """Whether the exchange's line tells how it ended (not just a stream's opening)."""
+        return record_id in self._where and record_id not in self._opening
 
     @property
     def unsettled(self) -> int:
@@ -235,8 +246,12 @@ class Journal:
 
     # -- the request path -------------------------------------------------------------------
 
-    def write(self, exchange: Exchange) -> None:
-        """Append ``exchange`` (page cache, no fsync); a failure is counted and logged."""
+    def write(self, exchange: Exchange, *, opening: bool = False) -> None:
+        """Append ``exchange`` (page cache, no fsync); a failure is counted and logged.
+
+        An ``opening`` line (a stream that has just begun) is superseded by a later line of
+        the same exchange; alone after a kill, it is recorded as ``KILLED_MID_STREAM``.
+        """
         line = encode_exchange(exchange)
         try:
             if self._fd is None or self._active_size >= self.segment_bytes:
@@ -245,6 +260,11 @@ class Journal:
         except OSError as exc:
             self.failed_writes += 1
             self._warn(exc)
+            return
+        if opening:
+            self._opening.add(exchange.id)
+        else:
+            self._opening.discard(exchange.id)
 
     def settle(self, records: Iterable[_Identified]) -> None:
         """These records are safe (stored, or fsync'd in the spool): their lines may go."""
@@ -299,6 +319,7 @@ class Journal:
         seq = self._where.pop(record_id, None)
         if seq is None:
             return
+        self._opening.discard(record_id)
         segment = self._segments[seq]
         segment.unsettled -= 1
         if segment.unsettled == 0 and seq != self._active_seq:
@@ -356,23 +377,28 @@ class _Writer(Protocol):
 class JournaledSink:
     """What the forwarder submits to: each exchange goes to the journal, then to the writer.
 
-    ``journal(exchange)`` writes the line early, for a stream just before its end reaches
-    the client; ``submit`` then files the final version without writing it again (the
-    journal line stands for it until the record is safe).
+    ``begin(exchange)`` notes a stream as it starts, so that a kill in its middle still
+    leaves a record; ``journal(exchange)`` writes how it ended, just before the client sees
+    that end; ``submit`` then files the final version without writing it again (the journal
+    line stands for it until the record is safe).
     """
 
     def __init__(self, journal: Journal, writer: _Writer) -> None:
         self._journal = journal
         self._writer = writer
 
+    def begin(self, exchange: Exchange) -> None:
+        """Note a stream that is starting."""
+        self._journal.write(exchange, opening=True)
+
     def journal(self, exchange: Exchange) -> None:
-        """Write the exchange as it is now, unless it is in the journal already."""
-        if exchange.id not in self._journal:
+        """Write how the exchange ended, unless the journal holds that already."""
+        if not self._journal.holds_final(exchange.id):
             self._journal.write(exchange)
 
     def submit(self, item: Exchange) -> bool:
         """Journal (if not yet) and queue for the writer; False if the writer refused it."""
-        if item.id not in self._journal:
+        if not self._journal.holds_final(item.id):
             self._journal.write(item)
         if self._writer.submit(item):
             return True

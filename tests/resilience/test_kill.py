@@ -19,6 +19,7 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from proxy.store.journal import KILLED_MID_STREAM
 from tests.resilience.load import SESSIONS, assert_sessions_match, until, wait_for_records
 from tests.resilience.test_shutdown import serve, write_config
 from tests.support.fake_upstream import FakeUpstream
@@ -103,15 +104,17 @@ async def test_sigkill_mid_load_loses_no_answered_request(
     counts = collections.Counter(str(r["id"]) for r in records)
     lost = [i for i in load.whole if counts[i] == 0]
     duplicates = [i for i in load.whole if counts[i] > 1]
+    cut = sum(1 for r in records if r["error"] == KILLED_MID_STREAM)
     log.warning(
         "SIGKILL figures (%s): sent %d, answered whole %d, failed %d, stored %d "
-        "(of which answered whole %d), lost %d, duplicates %d",
+        "(of which answered whole %d, streams cut by the kill %d), lost %d, duplicates %d",
         database_url.split(":", 1)[0],
         load.sent,
         len(load.whole),
         load.failed,
         len(records),
         len(load.whole) - len(lost),
+        cut,
         len(lost),
         len(duplicates),
     )

@@ -15,7 +15,13 @@ import pytest
 from proxy.pricing import Cost
 from proxy.records import Exchange, RequestRecord
 from proxy.store.engine import create_engine
-from proxy.store.journal import ESTIMATE_LOST, Journal, JournaledSink, decode_exchange
+from proxy.store.journal import (
+    ESTIMATE_LOST,
+    KILLED_MID_STREAM,
+    Journal,
+    JournaledSink,
+    decode_exchange,
+)
 from proxy.store.migrate import upgrade_database
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
@@ -186,6 +192,27 @@ def test_the_slot_of_a_killed_process_is_adopted_and_a_live_one_is_not(tmp_path:
     live.settle([exchange("live-1")])
     live.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stream_killed_in_its_middle_is_recovered_as_such(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = JournaledSink(journal, ListWriter(accept=True))
+    cut = exchange("cut", completed=False, provider_usage=None, cost=None)
+    ended = exchange("ended", completed=False, provider_usage=None, cost=None)
+    sink.begin(cut)
+    sink.begin(ended)
+    ended.completed, ended.provider_usage = True, Usage(total_tokens=15)
+    sink.journal(ended)  # supersedes its opening line
+    journal.close()
+    again = Journal(tmp_path)
+    recovered = {e.id: e for e in again.open()}
+    assert recovered["cut"].error == KILLED_MID_STREAM
+    assert recovered["ended"].error is None and recovered["ended"].provider_usage == Usage(
+        total_tokens=15
+    )
+    again.settle(recovered.values())
+    again.close()
 
 
 class ListWriter:

@@ -117,6 +117,9 @@ async def run_tee(
     sent_parts: list[bytes] = []
 
     class Sink:
+        def begin(self, item: Exchange) -> None:
+            raise AssertionError("the forwarder notes a stream's start, not the tee")
+
         def journal(self, item: Exchange) -> None:
             journaled.append((b"".join(sent_parts), item.provider_usage, item.completed))
 
