@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -28,6 +29,13 @@ from proxy.store.writer import RecordWriter
 from proxy.usage import Usage
 from tests.resilience.load import until
 from tests.store.factory import identity, make_record
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """The journal's directory, inside the test's own (the journal removes it when done)."""
+    return tmp_path / "journal"
+
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
@@ -103,7 +111,7 @@ def test_segments_rotate_and_go_once_every_exchange_in_them_is_safe(tmp_path: Pa
     assert wal_files(tmp_path) == [files[-1]]  # the active segment stays, until close
     assert journal.unsettled == 0
     journal.close()
-    assert list(tmp_path.iterdir()) == []
+    assert not tmp_path.exists()  # the journal directory goes with its last slot
 
 
 def test_close_keeps_what_is_unsettled_and_the_next_open_recovers_it(tmp_path: Path) -> None:
@@ -120,7 +128,7 @@ def test_close_keeps_what_is_unsettled_and_the_next_open_recovers_it(tmp_path: P
     assert again.unsettled == 2  # copied into the new journal until they are safe
     again.settle(recovered)
     again.close()
-    assert list(tmp_path.iterdir()) == []
+    assert not tmp_path.exists()  # the journal directory goes with its last slot
 
 
 def test_a_torn_last_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -191,7 +199,7 @@ def test_the_slot_of_a_killed_process_is_adopted_and_a_live_one_is_not(tmp_path:
     successor.close()
     live.settle([exchange("live-1")])
     live.close()
-    assert list(tmp_path.iterdir()) == []
+    assert not tmp_path.exists()  # the journal directory goes with its last slot
 
 
 def test_a_stream_killed_in_its_middle_is_recovered_as_such(tmp_path: Path) -> None:
@@ -213,6 +221,24 @@ def test_a_stream_killed_in_its_middle_is_recovered_as_such(tmp_path: Path) -> N
     )
     again.settle(recovered.values())
     again.close()
+
+
+async def test_opening_lines_are_written_by_the_next_write_or_loop_iteration(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = JournaledSink(journal, ListWriter(accept=True))
+    sink.begin(exchange("s1", completed=False))
+    sink.begin(exchange("s2", completed=False))
+    assert lines_in(tmp_path) == []  # nothing ends for a client before the loop turns
+    sink.submit(exchange("b1"))  # one write carries the two opening lines and this one
+    assert [decode_exchange(line + b"\n").id for line in lines_in(tmp_path)] == ["s1", "s2", "b1"]
+    sink.begin(exchange("s3", completed=False))
+    await asyncio.sleep(0)
+    assert len(lines_in(tmp_path)) == 4 and journal.unsettled == 4
+    journal.settle([exchange(i) for i in ("s1", "s2", "s3", "b1")])
+    journal.close()
 
 
 class ListWriter:
@@ -245,7 +271,7 @@ def test_a_full_disk_costs_the_journal_line_not_the_request(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     disk = tmp_path / "disk"
-    disk.mkdir()
+    disk.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
     try:
         journal = Journal(disk, segment_bytes=10**9)
