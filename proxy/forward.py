@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -40,11 +41,11 @@ from proxy.plan import (
     with_stream_usage,
 )
 from proxy.pricing import PriceBook
-from proxy.records import Exchange, new_record_id
+from proxy.records import PROXY_SHUTTING_DOWN, Exchange, new_record_id
 from proxy.routing import NoRoute, choose_upstream, credential_headers, target
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
-from proxy.streaming import PassthroughStream, shutdown_event
+from proxy.streaming import PassthroughStream, shutdown_event, shutdown_response
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
 from proxy.upstream_client import (
@@ -155,6 +156,8 @@ class Forwarder:
             )
         except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
+        except asyncio.CancelledError:
+            return self._cut_by_shutdown(exchange, started)
         exchange.status_code = response.status_code
         content_type = response.header("content-type")
         if "text/event-stream" in content_type:
@@ -174,6 +177,17 @@ class Forwarder:
         self.sink.submit(exchange)
         return error_response(error, {REQUEST_ID_HEADER: exchange.id})
 
+    def _cut_by_shutdown(self, exchange: Exchange, started: float) -> Response:
+        """Only the server cancels a request: its shutdown grace is over. The upstream may
+        have charged for it, so it is recorded, and the client told why (not a traceback)."""
+        log.info("proxy shutting down: cut a request still waiting for %s", exchange.upstream)
+        exchange.status_code = 503
+        exchange.error = PROXY_SHUTTING_DOWN
+        exchange.latency_ms = elapsed_ms(started)
+        exchange.request_body = None
+        self.sink.submit(exchange)
+        return shutdown_response({REQUEST_ID_HEADER: exchange.id})
+
     async def _buffered(
         self, response: UpstreamResponse, exchange: Exchange, started: float
     ) -> Response:
@@ -181,6 +195,8 @@ class Forwarder:
             content = await response.read()
         except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
+        except asyncio.CancelledError:
+            return self._cut_by_shutdown(exchange, started)
         finally:
             response.close()
         exchange.latency_ms = elapsed_ms(started)

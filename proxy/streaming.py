@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import error_body
@@ -26,8 +26,16 @@ _GOODBYE_SECONDS = 1.0
 def shutdown_event() -> bytes:
     """The SSE event a stream cut by the proxy's shutdown ends with: OpenAI's error shape,
     which the SDKs raise as an error (after a blank line, in case an event was cut)."""
-    body = error_body(PROXY_SHUTTING_DOWN, "server_error", code="proxy_shutting_down")
-    return b"\n\ndata: " + orjson.dumps(body) + b"\n\n"
+    return b"\n\ndata: " + orjson.dumps(_shutdown_error()) + b"\n\n"
+
+
+def shutdown_response(headers: dict[str, str]) -> Response:
+    """The answer to a request the proxy's shutdown cut before its upstream answered."""
+    return JSONResponse(_shutdown_error(), status_code=503, headers=headers)
+
+
+def _shutdown_error() -> dict[str, dict[str, str | None]]:
+    return error_body(PROXY_SHUTTING_DOWN, "server_error", code="proxy_shutting_down")
 
 
 class PassthroughStream(Response):
@@ -104,7 +112,7 @@ class PassthroughStream(Response):
         if self.started:
             messages = [{"type": "http.response.body", "body": self.goodbye, "more_body": True}]
         else:
-            body = orjson.dumps(error_body(PROXY_SHUTTING_DOWN, "server_error"))
+            body = orjson.dumps(_shutdown_error())
             start = {"type": "http.response.start", "status": 503, "headers": _JSON_HEADERS}
             messages = [start, {"type": "http.response.body", "body": body, "more_body": True}]
         messages.append({"type": "http.response.body", "body": b"", "more_body": False})

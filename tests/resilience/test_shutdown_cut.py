@@ -44,7 +44,20 @@ async def read_slow_stream(sdk: openai.AsyncOpenAI, seen: list[str]) -> tuple[st
     raise AssertionError("the stream ended without an error")
 
 
-async def test_a_stream_cut_by_the_shutdown_gets_an_error_event_and_its_record_says_why(
+async def wait_for_slow_answer(sdk: openai.AsyncOpenAI) -> openai.APIStatusError:
+    """A non-streamed request whose upstream takes 10 s; the error the SDK raised."""
+    try:
+        await sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "a slow answer"}],
+            extra_headers={"X-Fake-Scenario": "slow", "X-Fake-Delay-Ms": "10000"},
+        )
+    except openai.APIStatusError as exc:
+        return exc
+    raise AssertionError("the request was answered")
+
+
+async def test_requests_cut_by_the_shutdown_get_an_error_and_their_records_say_why(
     fake_upstream: FakeUpstream, database_url: str, tmp_path: Path
 ) -> None:
     config = write_config(
@@ -59,9 +72,11 @@ async def test_a_stream_cut_by_the_shutdown_gets_an_error_event_and_its_record_s
     async with sdk:
         with run_process_server(argv, port, log_path=server_log) as process:
             reading = asyncio.create_task(read_slow_stream(sdk, seen))
-            await until(lambda: len(seen) >= 3)
-            process.send_signal(signal.SIGTERM)  # ~10 s of stream left, 1 s of grace
+            waiting = asyncio.create_task(wait_for_slow_answer(sdk))
+            await until(lambda: len(seen) >= 3 and len(fake_upstream.requests) >= 2)
+            process.send_signal(signal.SIGTERM)  # ~10 s of answers left, 1 s of grace
             request_id, error = await reading
+            refused = await waiting
             code = await asyncio.to_thread(process.wait, 15)
     assert code in (0, -signal.SIGTERM)
     assert isinstance(error, openai.APIError), repr(error)
@@ -69,17 +84,22 @@ async def test_a_stream_cut_by_the_shutdown_gets_an_error_event_and_its_record_s
     assert 3 <= len(seen) < 100
     output = server_log.read_text()
     assert "Traceback" not in output and "CancelledError" not in output, output[-3000:]
-    record = await record_after_restart(config, request_id)
-    assert record["error"] == PROXY_SHUTTING_DOWN
-    assert record["usage_source"] == "partial" and record["completion_tokens"] >= 1
+    assert refused.status_code == 503 and PROXY_SHUTTING_DOWN in refused.message
+    refused_id = refused.response.headers["x-tally-request-id"]
+    stream, buffered = await records_after_restart(config, request_id, refused_id)
+    assert stream["error"] == PROXY_SHUTTING_DOWN
+    assert stream["usage_source"] == "partial" and stream["completion_tokens"] >= 1
+    assert buffered["error"] == PROXY_SHUTTING_DOWN and buffered["status_code"] == 503
 
 
-async def record_after_restart(config: Path, request_id: str) -> dict[str, object]:
+async def records_after_restart(config: Path, *ids: str) -> list[dict[str, object]]:
     argv, port = serve(config)
+    records: list[dict[str, object]] = []
     with run_process_server(argv, port):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
-            await wait_for_records(api, 1, within=10)
-            response = await api.get(f"/usage/requests/{request_id}")
-    assert response.status_code == 200
-    record: dict[str, object] = response.json()
-    return record
+            await wait_for_records(api, len(ids), within=10)
+            for request_id in ids:
+                response = await api.get(f"/usage/requests/{request_id}")
+                assert response.status_code == 200, request_id
+                records.append(response.json())
+    return records
