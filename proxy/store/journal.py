@@ -210,7 +210,23 @@ class Journal:
     # -- lifecycle --------------------------------------------------------------------------
 
     def open(self) -> list[Exchange]:
-        """Take a slot; return the exchanges left by dead processes, now in this journal."""
+        """Take a slot; return the exchanges left by dead processes, now in this journal.
+
+        A journal that cannot be used (directory unwritable, disk full) does not stop the
+        proxy: it serves without one, saying so, and what dead processes left stays on disk.
+        """
+        try:
+            return self._open()
+        except OSError as exc:
+            log.error(
+                "journal: cannot use %s (%s); serving without a journal: a kill would lose "
+                "the records still in memory",
+                self.directory,
+                exc,
+            )
+            return []
+
+    def _open(self) -> list[Exchange]:
         self._slot, self._lock_file = acquire_slot(self.directory)
         leftovers = _wal_paths(self._slot)
         dead: list[tuple[Path, BinaryIO]] = []

@@ -322,3 +322,18 @@ async def test_the_writer_settles_what_is_spooled_stored_or_refused_for_good(
     finally:
         await writer.stop(timeout=5)
         await engine.dispose()
+
+
+def test_an_unusable_directory_costs_the_journal_not_the_proxy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tmp_path.mkdir(parents=True)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    journal = Journal(blocker / "journal")
+    assert journal.open() == []
+    assert "serving without a journal" in caplog.text
+    writer = ListWriter(accept=True)
+    assert JournaledSink(journal, writer).submit(exchange("r1"))
+    assert writer.items and journal.failed_writes == 1
+    journal.close()
