@@ -109,6 +109,8 @@ class PassthroughStream(Response):
 
     async def _say_goodbye(self, send: Send) -> None:
         log.info("proxy shutting down: cut a stream still in flight")
+        if self.started and not self.goodbye:
+            return  # a body with no way to say so: left incomplete, the client sees it cut
         if self.started:
             messages = [{"type": "http.response.body", "body": self.goodbye, "more_body": True}]
         else:
