@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,11 +34,13 @@ from proxy.forward import Forwarder
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
+from proxy.records import Exchange
 from proxy.session_costs import SessionCosts
 from proxy.startup import QuietStartupFailure
 from proxy.store.access import KeyStore
 from proxy.store.availability import DatabaseUnusable, Schema, open_engine
 from proxy.store.budgets import BudgetStore
+from proxy.store.journal import Journal, JournaledSink
 from proxy.store.queries import UsageQueries
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
@@ -71,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             counter.preload_default()
         metrics = Metrics()
         session_costs = SessionCosts(engine)
+        journal = Journal(Path(settings.database.spool_dir) / "journal")
         writer = RecordWriter(
             engine,
             metrics.observing(partial(meter_batch, counter, prices)),
@@ -80,8 +86,11 @@ def create_app(settings: Settings) -> FastAPI:
             spool=spool,
             on_stored=session_costs.confirm_stored,
             writable=lambda: schema.ready,
+            on_settled=journal.settle,
         )
         await writer.start()
+        sink = JournaledSink(journal, writer)
+        await _record_recovered(journal.open(), sink, writer, settings.database.queue_size)
         client = _upstream_client(settings)
         metrics.track_pools(client.pool_stats)
         app.state.settings = settings
@@ -113,7 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.forwarder = Forwarder(
             client,
             settings.routes,
-            writer,
+            sink,
             prices,
             session_costs,
             settings.server.max_body_bytes,
@@ -139,6 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
             await schema.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
+            journal.close()
             await session_costs.close()
             await engine.dispose()
 
@@ -184,6 +194,19 @@ async def _open_database(app: FastAPI, url: str, spool: Spool) -> tuple[AsyncEng
         app.state.startup_failure = str(exc)  # see proxy.startup
         raise
     return engine, schema
+
+
+async def _record_recovered(
+    exchanges: list[Exchange], sink: JournaledSink, writer: RecordWriter[Exchange], room: int
+) -> None:
+    """File what killed processes left in their journals, before serving: at the writer's
+    pace, as a large backlog must not overflow its queue."""
+    pending = deque(exchanges)
+    while pending:
+        if writer.queue_depth < room // 2:
+            sink.submit(pending.popleft())
+        else:
+            await asyncio.sleep(0.01)
 
 
 def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -43,7 +44,7 @@ from proxy.plan import (
     with_stream_usage,
 )
 from proxy.pricing import PriceBook
-from proxy.records import Exchange, new_record_id
+from proxy.records import PROXY_SHUTTING_DOWN, Exchange, new_record_id
 from proxy.routing import (
     NoRoute,
     UnsafePath,
@@ -56,7 +57,7 @@ from proxy.routing import (
 from proxy.session_costs import SessionCosts
 from proxy.sse import json_object
 from proxy.store.writer import Recordable
-from proxy.streaming import PassthroughStream
+from proxy.streaming import PassthroughStream, shutdown_event, shutdown_response
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
 from proxy.upstream_client import (
@@ -193,6 +194,8 @@ class Forwarder:
             )
         except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
+        except asyncio.CancelledError:
+            return self._cut_by_shutdown(exchange, started)
         exchange.status_code = response.status_code
         content_type = response.header("content-type")
         if "text/event-stream" in content_type:
@@ -212,6 +215,17 @@ class Forwarder:
         self.sink.submit(exchange)
         return error_response(error, {REQUEST_ID_HEADER: exchange.id})
 
+    def _cut_by_shutdown(self, exchange: Exchange, started: float) -> Response:
+        """Only the server cancels a request: its shutdown grace is over. The upstream may
+        have charged for it, so it is recorded, and the client told why (not a traceback)."""
+        log.info("proxy shutting down: cut a request still waiting for %s", exchange.upstream)
+        exchange.status_code = 503
+        exchange.error = PROXY_SHUTTING_DOWN
+        exchange.latency_ms = elapsed_ms(started)
+        exchange.request_body = None
+        self.sink.submit(exchange)
+        return shutdown_response({REQUEST_ID_HEADER: exchange.id})
+
     async def _buffered(
         self, response: UpstreamResponse, exchange: Exchange, started: float
     ) -> Response:
@@ -219,6 +233,8 @@ class Forwarder:
             content = await response.read()
         except UpstreamHTTPError as exc:
             return self._upstream_failed(exchange, started, exc)
+        except asyncio.CancelledError:
+            return self._cut_by_shutdown(exchange, started)
         finally:
             response.close()
         exchange.latency_ms = elapsed_ms(started)
@@ -270,7 +286,15 @@ class Forwarder:
         )
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
-        return PassthroughStream(tee.chunks(), response.status_code, headers, tee.finish)
+        self.sink.begin(exchange)
+        return PassthroughStream(
+            tee.chunks(),
+            response.status_code,
+            headers,
+            tee.finish,
+            on_end=tee.journal_end,
+            goodbye=shutdown_event() if plan is not None else b"",
+        )
 
 
 def _model_matters(key: VirtualKey | None, budgets: Budgets | None, exchange: Exchange) -> bool:

@@ -22,6 +22,9 @@ UsageSource = Literal["provider", "estimated", "partial"]
 CLIENT_DISCONNECTED = "client disconnected"
 """The error of an exchange whose client left before the answer ended."""
 
+PROXY_SHUTTING_DOWN = "proxy shutting down: the answer was cut before its end"
+"""The error of a request still in flight when the proxy's shutdown grace ran out."""
+
 
 def new_record_id() -> str:
     """32 hex digits whose lexical order is creation order: 48-bit ms clock, 80 random bits."""

@@ -12,7 +12,7 @@ import orjson
 from proxy.metering import priced_model, wants_estimate
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
-from proxy.records import CLIENT_DISCONNECTED, Exchange
+from proxy.records import CLIENT_DISCONNECTED, PROXY_SHUTTING_DOWN, Exchange
 from proxy.session_costs import SessionCosts
 from proxy.sse import SSESplitter, event_json
 from proxy.upstream_client import UpstreamHTTPError, UpstreamResponse
@@ -20,6 +20,8 @@ from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
 _USAGE_NULL = b',"usage":null'
 _DONE = b"data: [DONE]"
+# Anthropic's last event; its first line, which text inside the JSON data cannot fake.
+_MESSAGE_STOP = b"event: message_stop"
 _USAGE_KEY = b'"usage"'
 # An event carrying counts: the bytes of a JSON key "usage" with an object for its value
 # (inside a JSON string the quotes would be escaped, so text cannot fake it).
@@ -33,7 +35,14 @@ not needed."""
 
 
 class ExchangeSink(Protocol):
-    def submit(self, item: Exchange) -> bool: ...
+    def begin(self, item: Exchange) -> None:
+        """Note a stream that is starting (so that a kill in its middle leaves a trace)."""
+
+    def journal(self, item: Exchange) -> None:
+        """Note the exchange as it stands (the client is about to see its end)."""
+
+    def submit(self, item: Exchange) -> bool:
+        """File the exchange's final version for its record."""
 
 
 class StreamTee:
@@ -45,6 +54,9 @@ class StreamTee:
     so bytes are handed on per whole event. Otherwise each chunk is handed on as it arrives.
     Before ``data: [DONE]`` (or at the end of streams without it) an SSE comment
     ``: tally {...}`` tells the client the tokens and cost; SSE clients ignore comments.
+    Before the client gets the event that ends the answer (``[DONE]``, Anthropic's
+    ``message_stop``, or else the end of the body: ``journal_end``) the exchange goes to the
+    sink's journal, so a process killed right after still leaves what its record needs.
 
     Parsing every event's JSON was a quarter of a stream's cost. Only events that carry usage
     are parsed on the way; the others are kept as bytes (up to ``_LAZY_LIMIT``) and read at
@@ -80,6 +92,9 @@ class StreamTee:
         self.unparsed_bytes = 0
         self.tallied = False
         self.ended_cleanly = False
+        self.journaled = False
+        self.answer_ended = False
+        """An event that tells the client the answer is complete has been seen."""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The bytes for the client; upstream failures end the stream and are noted."""
@@ -98,6 +113,8 @@ class StreamTee:
                 if done_at is not None and not self.tallied:
                     # Usage comes just before [DONE]: observed above, so the tally carries it.
                     pieces.insert(done_at, await self._tally_comment())
+                if self.answer_ended:
+                    self.journal_end()
                 yield b"".join(pieces)
             if self.watch_events:
                 # A last event without its blank line still counts (and still reaches the client).
@@ -126,6 +143,8 @@ class StreamTee:
             event_type, event, done = self._read(raw)
             if done and done_at is None:
                 done_at = len(kept)
+            if done or raw.startswith(_MESSAGE_STOP):
+                self.answer_ended = True
             if event is not None:
                 self.accumulator.feed(event, event_type)
                 if self.strip_usage and is_usage_only_chunk(event):
@@ -191,7 +210,20 @@ class StreamTee:
                 tally["session_cost_usd"] = format_usd(session_cost)
         return b": tally " + orjson.dumps(tally) + b"\n\n"
 
-    async def finish(self, client_gone: bool) -> None:
+    def journal_end(self) -> None:
+        """Journal the exchange as its record would be if the process died now: once, just
+        before the client sees the end of the answer."""
+        if self.journaled:
+            return
+        self.journaled = True
+        exchange = self.exchange
+        exchange.latency_ms = elapsed_ms(self.started)
+        exchange.completed = exchange.error is None
+        exchange.response_model = self.accumulator.response_model or exchange.response_model
+        exchange.provider_usage = self.accumulator.usage
+        self.sink.journal(exchange)
+
+    async def finish(self, client_gone: bool, shutting_down: bool = False) -> None:
         """Called once however the stream ended: release the upstream, file the exchange."""
         exchange = self.exchange
         self.response.close()
@@ -200,9 +232,12 @@ class StreamTee:
         # The connection ended cleanly; the answer is whole only if it said it was finished.
         exchange.completed = self.ended_cleanly and finished
         if not exchange.completed and exchange.error is None:
-            exchange.error = (
-                CLIENT_DISCONNECTED if client_gone else "upstream ended the stream early"
-            )
+            if shutting_down:
+                exchange.error = PROXY_SHUTTING_DOWN
+            elif client_gone:
+                exchange.error = CLIENT_DISCONNECTED
+            else:
+                exchange.error = "upstream ended the stream early"
         accumulator = self.accumulator
         exchange.response_model = accumulator.response_model or exchange.response_model
         exchange.provider_usage = accumulator.usage

@@ -88,6 +88,9 @@ class RecordWriter(Generic[T]):
     logged at most once a second.
     ``writable`` (spool mode) holds the database stage back while it says False: batches
     are spooled and the spool waits (the app's hook while the schema is not migrated).
+
+    ``on_settled`` hears of every record the writer is done with: committed, fsync'd in the
+    spool, or refused by the database for good (the journal then lets its line go).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class RecordWriter(Generic[T]):
         linger: float = DEFAULT_LINGER,
         on_stored: Callable[[list[RequestRecord]], None] | None = None,
         writable: Callable[[], bool] | None = None,
+        on_settled: Callable[[list[RequestRecord]], None] | None = None,
     ) -> None:
         if queue_size < 1 or max_batch < 1 or flush_interval <= 0 or write_timeout <= 0:
             raise ValueError(
@@ -122,6 +126,7 @@ class RecordWriter(Generic[T]):
         # False while the schema is not migrated (database down at start): spool, never
         # write into tables that are not there yet.
         self._writable = writable or (lambda: True)
+        self._on_settled = on_settled
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -412,6 +417,7 @@ class RecordWriter(Generic[T]):
             except Exception:
                 self._lose(1, "refused")
                 log.exception("dropped record %s: the database refuses it", record.id)
+                self._settled([record])
 
     async def _write_with_retry_single(self, record: RequestRecord) -> None:
         try:
@@ -479,6 +485,7 @@ class RecordWriter(Generic[T]):
         except OSError as exc:  # no slot, directory unwritable: nothing was written
             kept, error = 0, exc
         self.spooled_total += kept
+        self._settled(records[:kept])
         refused = records[kept:]
         self._spool_refusing = bool(refused)
         if refused:
@@ -584,6 +591,7 @@ class RecordWriter(Generic[T]):
                     return records[index:]
                 self._lose(1, "refused")
                 log.exception("dropped record %s: the database refuses it", record.id)
+                self._settled([record])
         return []
 
     async def _insert(self, records: list[RequestRecord]) -> None:
@@ -611,6 +619,14 @@ class RecordWriter(Generic[T]):
                 self._on_stored(records)
             except Exception:
                 log.exception("on_stored failed for a batch of %d records", len(records))
+        self._settled(records)
+
+    def _settled(self, records: list[RequestRecord]) -> None:
+        if self._on_settled is not None and records:
+            try:
+                self._on_settled(records)
+            except Exception:
+                log.exception("on_settled failed for a batch of %d records", len(records))
 
     def _database_failed(self, exc: Exception, count: int) -> None:
         assert self._spool is not None

@@ -92,7 +92,13 @@ async def test_serve_with_postgres_down_answers_spools_and_migrates_once_it_is_b
             ready = await until_json(
                 api,
                 "/readyz",
-                lambda status, body: status == 200 and body["spool_records"] == 0,
+                # The spool's count drops in its worker thread just before the writer counts
+                # the replay: wait for both.
+                lambda status, body: (
+                    status == 200
+                    and body["spool_records"] == 0
+                    and body["replayed_total"] >= REQUESTS
+                ),
             )
             stored = await until_json(
                 api,

@@ -95,17 +95,34 @@ class NoSessions:
         return None
 
 
+Journaled = list[tuple[bytes, Any, bool]]
+"""For each journal call: the bytes the client had got, the usage and ``completed`` then."""
+
+
 async def run_tee(
-    events: list[bytes], *, strip_usage: bool, sampled: bool = False, chunk_size: int = 7
+    events: list[bytes],
+    *,
+    strip_usage: bool,
+    sampled: bool = False,
+    chunk_size: int = 7,
+    journaled: Journaled | None = None,
 ) -> tuple[bytes, Exchange]:
+    journaled = journaled if journaled is not None else []
     exchange = Exchange(
         id="r1", created_at=datetime.now(UTC), method="POST", endpoint="/v1/chat/completions",
         upstream="http://upstream", stream=True, model="gpt-4o-mini", session_id=None,
         user_id=None, properties={}, sample_estimate=sampled, request_body={"messages": []},
     )  # fmt: skip
     filed: list[Exchange] = []
+    sent_parts: list[bytes] = []
 
     class Sink:
+        def begin(self, item: Exchange) -> None:
+            raise AssertionError("the forwarder notes a stream's start, not the tee")
+
+        def journal(self, item: Exchange) -> None:
+            journaled.append((b"".join(sent_parts), item.provider_usage, item.completed))
+
         def submit(self, item: Exchange) -> bool:
             filed.append(item)
             return True
@@ -121,7 +138,9 @@ async def run_tee(
         prices=NoPrices(),  # type: ignore[arg-type]
         session_costs=NoSessions(),  # type: ignore[arg-type]
     )
-    sent = b"".join([chunk async for chunk in tee.chunks()])
+    async for chunk in tee.chunks():
+        sent_parts.append(chunk)
+    sent = b"".join(sent_parts)
     await tee.finish(False)
     assert filed == [exchange] and response.closed
     return sent, exchange
@@ -184,3 +203,29 @@ async def test_long_stream_past_the_lazy_limit_is_read_in_order(
     assert without_tally(sent) == b"".join(events)
     assert exchange.completion_text == "".join(words)
     assert exchange.completed
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
+@pytest.mark.parametrize(
+    ("events", "strip_usage"),
+    [(CHAT_WITH_INJECTED_USAGE, True), (CHAT_WITH_INJECTED_USAGE, False), (ANTHROPIC, False)],
+)
+async def test_the_journal_hears_of_the_answer_before_the_client_sees_its_end(
+    events: list[bytes], strip_usage: bool, chunk_size: int
+) -> None:
+    journaled: Journaled = []
+    sent, _ = await run_tee(
+        events, strip_usage=strip_usage, chunk_size=chunk_size, journaled=journaled
+    )
+    assert len(journaled) == 1
+    client_had, usage, completed = journaled[0]
+    # The event that ends the answer ([DONE], message_stop) was not whole yet.
+    assert events[-1] not in client_had and events[-1] in sent
+    total = 18 if events is ANTHROPIC else 15
+    assert usage is not None and usage.total_tokens == total and completed
+
+
+async def test_a_stream_cut_short_is_not_journaled_as_answered() -> None:
+    journaled: Journaled = []
+    await run_tee(CHAT_CUT_SHORT, strip_usage=False, journaled=journaled)
+    assert journaled == []
