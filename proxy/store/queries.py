@@ -61,6 +61,7 @@ class UsageQueries:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._ping_failing = False
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -68,9 +69,15 @@ class UsageQueries:
             async with self._engine.connect() as connection:
                 await connection.execute(select(literal(1)))
         except Exception as exc:
-            # /readyz's boundary: report "not ready" instead of failing the probe.
-            log.warning("database ping failed: %s", exc)
+            # /readyz's boundary: report "not ready" instead of failing the probe. Probes come
+            # every few seconds: the first failure is a warning, the repeats are debug lines.
+            level = logging.DEBUG if self._ping_failing else logging.WARNING
+            self._ping_failing = True
+            log.log(level, "database ping failed: %s", exc)
             return False
+        if self._ping_failing:
+            self._ping_failing = False
+            log.info("database ping answered again")
         return True
 
     async def list_requests(

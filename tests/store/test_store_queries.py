@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -13,6 +14,7 @@ from proxy.store.tables import TOKEN_FIELDS
 from proxy.store.writer import write_records
 from proxy.usage import Usage
 from tests.store.factory import T0, make_record
+from tests.support.servers import free_port
 
 
 async def test_record_round_trip(engine: AsyncEngine, queries: UsageQueries) -> None:
@@ -269,3 +271,18 @@ async def test_ping(queries: UsageQueries) -> None:
         assert await UsageQueries(down).ping() is False
     finally:
         await down.dispose()
+
+
+async def test_a_database_that_stays_away_is_one_warning_not_one_per_probe(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on the port: every ping fails at once, as during an outage.
+    engine = create_engine(f"postgresql+asyncpg://tally:secret@127.0.0.1:{free_port()}/none")
+    queries = UsageQueries(engine)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="proxy.store.queries"):
+            assert [await queries.ping() for _ in range(5)] == [False] * 5
+    finally:
+        await engine.dispose()
+    failures = [r for r in caplog.records if "database ping failed" in r.getMessage()]
+    assert [r.levelno for r in failures] == [logging.WARNING] + [logging.DEBUG] * 4
