@@ -237,6 +237,7 @@ ENV_KEYS: Mapping[str, tuple[str, ...]] = {
     "TALLYPROXY_HOST": ("server", "host"),
     "TALLYPROXY_PORT": ("server", "port"),
     "TALLYPROXY_LOG_LEVEL": ("server", "log_level"),
+    "TALLYPROXY_MAX_CONNECTIONS_PER_CLIENT": ("server", "max_connections_per_client"),
 }
 
 

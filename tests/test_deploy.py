@@ -136,6 +136,9 @@ def test_the_environment_loads_as_settings_pointing_at_the_postgres_service() ->
         assert settings.database.url.startswith("postgresql+asyncpg://")
         assert "@postgres:5432/" in settings.database.url
         assert settings.admin_token == REQUIRED["TALLYPROXY_ADMIN_TOKEN"]
+        # Every connection comes from the balancer: the per-address default would refuse it.
+        bound = settings.server.max_connections_per_client
+        assert bound is None or bound >= 65536
 
 
 def test_compose_has_no_empty_admin_token_default() -> None:
