@@ -203,6 +203,15 @@ async def _record_recovered(
     pace, as a large backlog must not overflow its queue."""
     pending = deque(exchanges)
     while pending:
+        if not writer.recordable:
+            # Database down and the spool full: waiting would keep the proxy from serving.
+            # The rest stays in this process's journal, unsettled, for the next start.
+            log.warning(
+                "journal: %d recovered records stay in the journal for the next start: the "
+                "database and the spool take no records now",
+                len(pending),
+            )
+            return
         if writer.queue_depth < room // 2:
             sink.submit(pending.popleft())
         else:
