@@ -3,6 +3,8 @@
 A process holds ``<directory>/slot-<n>/LOCK`` locked for as long as it runs, so replicas and
 ``--workers`` sharing a host never write the same files. The lock dies with its process: the
 files of a slot whose lock can be taken were left by a process that is gone.
+
+The spool and the journal each keep their files in slots of their own directory.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The local spool: records wait here, on disk, while the database cannot take them.
 
 Layout: ``<spool_dir>/slot-<n>/seg-<seq>.jsonl``. Each process holds one slot through an
-exclusive ``flock`` on ``slot-<n>/LOCK`` for as long as it runs, so replicas and ``--workers``
-sharing a host (and a spool directory) never append to or replay the same file. The lock dies
-with its process: a slot left by a crash is free again, and the next process that opens the
-spool moves its segments into its own slot and replays them.
+exclusive ``flock`` on ``slot-<n>/LOCK`` (``proxy.store.slots``) for as long as it runs, so
+replicas and ``--workers`` sharing a host (and a spool directory) never append to or replay
+the same file. The lock dies with its process: a slot left by a crash is free again, and the
+next process that opens the spool moves its segments into its own slot and replays them.
 
 A segment is append-only JSON lines, one record per line, each line versioned
 (``{"v": 1, ...}``; money as a decimal string, times as ISO-8601). Appends are written and
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import logging
 import os
@@ -41,12 +40,12 @@ from typing import Any, BinaryIO
 import orjson
 
 from proxy.records import RequestRecord
+from proxy.store.slots import MAX_SLOTS, SlotError, acquire_slot, lock_slot, release_slot, slot_dirs
 from proxy.usage import Usage
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MAX_SLOTS = 256
 NEAR_FULL = 0.8
 _SEGMENT_PREFIX = "seg-"
 _SEGMENT_SUFFIX = ".jsonl"
@@ -222,7 +221,7 @@ class Spool:
     def _open_sync(self) -> None:
         if not self.directory.is_dir():
             return  # nothing left behind; the directory is made on the first append
-        orphans = [p for p in self._slot_dirs() if _segment_paths(p)]
+        orphans = [p for p in slot_dirs(self.directory) if _segment_paths(p)]
         if not orphans:
             return
         self._acquire_slot()
@@ -230,29 +229,22 @@ class Spool:
             if slot != self._slot:
                 self._adopt(slot)
 
-    def _slot_dirs(self) -> list[Path]:
-        return sorted(p for p in self.directory.glob("slot-*") if p.is_dir())
-
     def _acquire_slot(self) -> None:
         if self._slot is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for index in range(MAX_SLOTS):
-            slot = self.directory / f"slot-{index}"
-            lock_file = _try_lock(slot)
-            if lock_file is not None:
-                self._slot, self._lock_file = slot, lock_file
-                for path in _segment_paths(slot):  # left by the slot's previous owner
-                    self._add_existing(path)
-                return
-        raise SpoolError(
-            f"no free slot in the spool directory {self.directory} ({MAX_SLOTS} processes "
-            "hold one each): give each group of processes its own database.spool_dir"
-        )
+        try:
+            self._slot, self._lock_file = acquire_slot(self.directory)
+        except SlotError:
+            raise SpoolError(
+                f"no free slot in the spool directory {self.directory} ({MAX_SLOTS} processes "
+                "hold one each): give each group of processes its own database.spool_dir"
+            ) from None
+        for path in _segment_paths(self._slot):  # left by the slot's previous owner
+            self._add_existing(path)
 
     def _adopt(self, slot: Path) -> None:
         """Move the segments of a slot whose process is gone into ours."""
-        lock_file = _try_lock(slot, create=False)
+        lock_file = lock_slot(slot, create=False)
         if lock_file is None:
             return  # a live process owns it
         assert self._slot is not None
@@ -266,7 +258,7 @@ class Spool:
                 _fsync_dir(self._slot)
                 log.info("spool: took over %d segments left in %s", len(paths), slot)
         finally:
-            _release(slot, lock_file, remove=True)
+            release_slot(slot, lock_file, remove=True)
 
     def _add_existing(self, path: Path) -> None:
         content = path.read_bytes()
@@ -463,48 +455,15 @@ class Spool:
         if not self._segments:
             for path in _segment_paths(self._slot):
                 path.unlink()
-            _release(self._slot, self._lock_file, remove=True)
+            release_slot(self._slot, self._lock_file, remove=True)
         else:
-            _release(self._slot, self._lock_file)
+            release_slot(self._slot, self._lock_file)
             log.warning(
                 "spool %s keeps %d records for the next start to replay",
                 self._slot,
                 self.pending_records,
             )
         self._slot = self._lock_file = None
-
-
-def _try_lock(slot: Path, *, create: bool = True) -> BinaryIO | None:
-    """Lock ``slot`` for this process, or None when another process holds it."""
-    path = slot / "LOCK"
-    try:
-        if create:
-            slot.mkdir(parents=True, exist_ok=True)
-        lock_file = open(path, "ab")  # noqa: SIM115 (held until release)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.close()
-        return None
-    try:
-        same = os.path.samestat(os.fstat(lock_file.fileno()), os.stat(path))
-    except FileNotFoundError:
-        same = False
-    if not same:  # the slot was removed by its owner between our open and our lock
-        lock_file.close()
-        return _try_lock(slot, create=create) if create else None
-    return lock_file
-
-
-def _release(slot: Path, lock_file: BinaryIO, *, remove: bool = False) -> None:
-    if remove:
-        # Unlink while still holding the lock; _try_lock notices a lock on a removed file.
-        with contextlib.suppress(OSError):
-            (slot / "LOCK").unlink()
-            slot.rmdir()
-    lock_file.close()
 
 
 def _record_after_a_tear(line: bytes) -> RequestRecord | None:

@@ -3,15 +3,15 @@
 Request handlers ``submit()`` items without awaiting anything; one background task turns
 them into records (off the event loop) and writes them in batches with ``write_records``
 (``proxy.store.rows``), which is idempotent: replaying a batch, or several replicas sharing
-one Postgres, never counts a request twice. ``record_row`` and ``write_records`` are
-re-exported here for the callers that import them from this module.
+one Postgres, never counts a request twice. With a spool, the task that writes to the
+database, spools and replays is ``proxy.store.database_stage``; this module keeps the queue,
+preparing, the no-spool retry loop, lifecycle and stats. ``record_row`` and ``write_records``
+are re-exported here for the callers that import them from this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -22,7 +22,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.records import RequestRecord
-from proxy.store.losses import Losses, LossReason, Throttle
+from proxy.store.database_stage import RETRY_FIRST_DELAY, DatabaseStage, wait
+from proxy.store.losses import Losses, LossReason
 from proxy.store.rows import is_permanent, record_row, write_records
 from proxy.store.spool import Spool
 
@@ -41,12 +42,7 @@ within well under a second while the writer's cost per record drops several-fold
 DEFAULT_WRITE_TIMEOUT = 10.0
 """Seconds a batch write may take before the database counts as unavailable (spool mode)."""
 
-_RETRY_FIRST_DELAY = 0.25
 _RETRY_MAX_DELAY = 30.0
-_SPOOL_RETRY_MAX_DELAY = 5.0
-# While the spool refuses records too, each second without the database may cost records:
-# it is probed more often (a refused connection costs next to nothing).
-_BLOCKED_RETRY_MAX_DELAY = 0.1
 _SPOOL_RESERVE = 5.0
 _HANDOFF_BATCHES = 2
 
@@ -121,11 +117,7 @@ class RecordWriter(Generic[T]):
         self._max_batch = max_batch
         self._max_lag = max_lag
         self._spool = spool
-        self._write_timeout = write_timeout
         self._on_stored = on_stored
-        # False while the schema is not migrated (database down at start): spool, never
-        # write into tables that are not there yet.
-        self._writable = writable or (lambda: True)
         self._on_settled = on_settled
         self._queue: deque[tuple[float, T]] = deque()
         self._wakeup = asyncio.Event()
@@ -135,29 +127,37 @@ class RecordWriter(Generic[T]):
         self._in_flight_count = 0
         self._in_flight_since: float | None = None
         self._losses = Losses(self._loss_context)
-        self._spool_log = Throttle()
-        # Spool mode: prepared batches waiting for the database task, and its state.
-        self._handoff: deque[tuple[float, list[RequestRecord]]] = deque()
-        self._db_wakeup = asyncio.Event()
-        self._room = asyncio.Event()
+        # Spool mode: the stage that writes to the database, and its task.
+        self._stage = None if spool is None else self._new_stage(spool, writable, write_timeout)
         self._db_task: asyncio.Task[None] | None = None
-        self._abandoned = False
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-        self._retry_delay = _RETRY_FIRST_DELAY
-        # Records neither the database nor the spool took (disk full), offered again.
-        self._held: deque[RequestRecord] = deque()
-        self._spool_refusing = False
+        # The stage's own objects, kept here too so that submit reaches them in one step as
+        # before; without a spool they stay empty and unwatched.
+        self._held = self._stage.held if self._stage is not None else deque()
+        self._room = self._stage.room if self._stage is not None else asyncio.Event()
+        self._failed_batches = 0  # without a spool; the stage counts its own
         self.written_total = 0
         """Records inserted (replayed duplicates are not counted)."""
-        self.failed_batches = 0
-        """Batch writes that failed and were retried."""
-        self.spooled_total = 0
-        """Records written to the spool."""
-        self.replayed_total = 0
-        """Spooled records since confirmed in the database."""
         self.last_flush_at: datetime | None = None
         """When the last batch was committed."""
+
+    def _new_stage(
+        self, spool: Spool, writable: Callable[[], bool] | None, write_timeout: float
+    ) -> DatabaseStage:
+        return DatabaseStage(
+            self._engine,
+            spool,
+            write=write_records,
+            losses=self._losses,
+            stored=self._stored,
+            settled=self._settled,
+            # False while the schema is not migrated (database down at start): spool, never
+            # write into tables that are not there yet.
+            writable=writable or (lambda: True),
+            max_batch=self._max_batch,
+            queue_size=self._queue_size,
+            flush_interval=self._flush_interval,
+            write_timeout=write_timeout,
+        )
 
     # -- the request path -------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class RecordWriter(Generic[T]):
         queue, with the records held in memory, is full, or the writer is closed."""
         if self._closed or len(self._queue) + len(self._held) >= self._queue_size:
             reason: LossReason = "closed" if self._closed else "queue_full"
-            if reason == "queue_full" and self._down_since is not None:
+            if reason == "queue_full" and self._database_down:
                 reason = "unstorable"  # memory full because the spool refused them too
             self._lose(1, reason)
             return False
@@ -185,7 +185,28 @@ class RecordWriter(Generic[T]):
 
     @property
     def _storage_blocked(self) -> bool:
-        return self._spool_refusing and self._down_since is not None
+        stage = self._stage
+        return stage is not None and stage.spool_refusing and stage.down_since is not None
+
+    @property
+    def _database_down(self) -> bool:
+        return self._stage is not None and self._stage.down_since is not None
+
+    @property
+    def failed_batches(self) -> int:
+        """Batch writes that failed and were retried."""
+        stage = self._stage
+        return self._failed_batches + (stage.failed_batches if stage is not None else 0)
+
+    @property
+    def spooled_total(self) -> int:
+        """Records written to the spool."""
+        return self._stage.spooled_total if self._stage is not None else 0
+
+    @property
+    def replayed_total(self) -> int:
+        """Spooled records since confirmed in the database."""
+        return self._stage.replayed_total if self._stage is not None else 0
 
     @property
     def dropped_total(self) -> int:
@@ -201,7 +222,7 @@ class RecordWriter(Generic[T]):
         self._losses.count(count, reason)
 
     def _loss_context(self) -> str:
-        state = "down" if self._down_since is not None else "up"
+        state = "down" if self._database_down else "up"
         return (
             f"{len(self._queue)} queued and {len(self._held)} held in memory (bound "
             f"{self._queue_size}), database {state}; is the database reachable, the spool's "
@@ -214,12 +235,12 @@ class RecordWriter(Generic[T]):
         """Start the background task(s); with a spool, first take over what it holds."""
         if self._task is not None:
             raise RuntimeError("RecordWriter already started")
-        if self._spool is None:
+        if self._spool is None or self._stage is None:
             self._task = asyncio.create_task(self._run(), name="tallyproxy-record-writer")
             return
         await self._spool.open()
         self._task = asyncio.create_task(self._pump(), name="tallyproxy-record-pump")
-        self._db_task = asyncio.create_task(self._database_stage(), name="tallyproxy-db-writer")
+        self._db_task = asyncio.create_task(self._stage.run(), name="tallyproxy-db-writer")
 
     async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (a shutdown budget)
         """Stop accepting items, write everything still queued, and return.
@@ -231,9 +252,10 @@ class RecordWriter(Generic[T]):
         """
         self._stopping = True
         self._wakeup.set()
-        self._db_wakeup.set()
+        if self._stage is not None:
+            self._stage.wakeup.set()
         written_before = self.written_total
-        if self._spool is None:
+        if self._stage is None:
             await _finish(self._task, timeout)
         else:
             await self._stop_spooling(timeout)
@@ -259,7 +281,8 @@ class RecordWriter(Generic[T]):
             )
 
     async def _stop_spooling(self, budget: float) -> None:
-        assert self._spool is not None
+        assert self._spool is not None and self._stage is not None
+        stage = self._stage
         started = time.monotonic()
         # The database gets most of the budget; the rest is for spooling what it did not take.
         database_budget = budget - min(_SPOOL_RESERVE, budget / 4)
@@ -267,18 +290,18 @@ class RecordWriter(Generic[T]):
         if tasks:
             await asyncio.wait(tasks, timeout=database_budget)
         if self._db_task is not None and not self._db_task.done():
-            self._abandoned = True  # from now on the pump spools everything
+            stage.abandoned = True  # from now on the pump spools everything
             self._wakeup.set()
             self._room.set()
             await _finish(self._db_task, 0)
         await _finish(self._task, max(0.0, budget - (time.monotonic() - started)))
-        while self._handoff:
-            _, records = self._handoff.popleft()
-            await self._spill(records)
+        while stage.handoff:
+            _, records = stage.handoff.popleft()
+            await stage.spill(records)
         if self._held:  # one last offer to the spool; what it refuses stop() counts as lost
             held = list(self._held)
             self._held.clear()
-            await self._spill(held)
+            await stage.spill(held)
         await self._spool.close()
 
     # -- stats for /readyz ------------------------------------------------------------------
@@ -286,7 +309,8 @@ class RecordWriter(Generic[T]):
     @property
     def queue_depth(self) -> int:
         """Items submitted and not yet written nor spooled: queued plus batches in progress."""
-        waiting = sum(len(records) for _, records in self._handoff)
+        handoff = self._stage.handoff if self._stage is not None else ()
+        waiting = sum(len(records) for _, records in handoff)
         return len(self._queue) + self._in_flight_count + waiting + len(self._held)
 
     @property
@@ -295,8 +319,8 @@ class RecordWriter(Generic[T]):
         starts = [self._in_flight_since] if self._in_flight_since is not None else []
         if self._queue:
             starts.append(self._queue[0][0])
-        if self._handoff:
-            starts.append(self._handoff[0][0])
+        if self._stage is not None and self._stage.handoff:
+            starts.append(self._stage.handoff[0][0])
         return max(0.0, time.monotonic() - min(starts)) if starts else 0.0
 
     @property
@@ -319,7 +343,8 @@ class RecordWriter(Generic[T]):
             "oldest_pending_age": round(self.oldest_pending_age, 3),
             "healthy": self.healthy,
         }
-        if self._spool is not None:
+        if self._spool is not None and self._stage is not None:
+            down_since = self._stage.down_since
             stats |= {
                 "spool_records": self._spool.pending_records,
                 "spool_bytes": self._spool.size_bytes,
@@ -328,9 +353,7 @@ class RecordWriter(Generic[T]):
                 "replayed_total": self.replayed_total,
                 "held_records": len(self._held),
                 "database_down_seconds": (
-                    None
-                    if self._down_since is None
-                    else round(time.monotonic() - self._down_since, 3)
+                    None if down_since is None else round(time.monotonic() - down_since, 3)
                 ),
             }
         return stats
@@ -375,7 +398,7 @@ class RecordWriter(Generic[T]):
                 if self._stopping:
                     self._closed = True
                     return
-                await _wait(self._wakeup, self._flush_interval)
+                await wait(self._wakeup, self._flush_interval)
                 continue
             _, records = await self._prepare_next()
             await self._write_with_retry(records)
@@ -383,7 +406,7 @@ class RecordWriter(Generic[T]):
             self._done_with_batch()
 
     async def _write_with_retry(self, records: list[RequestRecord]) -> None:
-        delay = _RETRY_FIRST_DELAY
+        delay = RETRY_FIRST_DELAY
         while True:
             try:
                 inserted = await write_records(self._engine, records)
@@ -394,7 +417,7 @@ class RecordWriter(Generic[T]):
                 if is_permanent(exc):
                     await self._write_one_by_one(records)
                     return
-                self.failed_batches += 1
+                self._failed_batches += 1
                 log.exception(
                     "writing a batch of %d records failed (%d failures so far, %d queued); "
                     "retrying in %.2fs",
@@ -429,14 +452,16 @@ class RecordWriter(Generic[T]):
             return
         self._stored([record], inserted)
 
-    # -- with a spool: a pump and a database stage ------------------------------------------
+    # -- with a spool: a pump before the database stage ------------------------------------
 
     async def _pump(self) -> None:
         """Prepare queued batches; hand each to the database stage, or spool it."""
+        assert self._stage is not None
+        stage = self._stage
         try:
             while self._queue or not self._stopping:
                 if not self._queue:
-                    await _wait(self._wakeup, self._flush_interval)
+                    await wait(self._wakeup, self._flush_interval)
                     continue
                 await self._wait_for_room()
                 if len(self._queue) < self._max_batch and not self._stopping:
@@ -445,169 +470,39 @@ class RecordWriter(Generic[T]):
                     await asyncio.sleep(self._linger)
                 since, records = await self._prepare_next()
                 if self._must_spool():
-                    await self._spill(records)
+                    await stage.spill(records)
                 else:
-                    self._handoff.append((since, records))
-                    self._db_wakeup.set()
+                    stage.handoff.append((since, records))
+                    stage.wakeup.set()
                 self._done_with_batch()
         finally:
-            self._closed = True
-            self._db_wakeup.set()
+            self._closed = stage.closed = True
+            stage.wakeup.set()
 
     async def _wait_for_room(self) -> None:
         """Let a busy but working database catch up rather than spool: the queue grows
         meanwhile, and the next batch, larger, costs less per record. Only a database that
         fails or exceeds ``write_timeout``, or a queue half full, sends batches to disk."""
+        assert self._stage is not None
+        stage = self._stage
         while (
-            len(self._handoff) >= _HANDOFF_BATCHES
-            and self._down_since is None
-            and not self._abandoned
+            len(stage.handoff) >= _HANDOFF_BATCHES
+            and stage.down_since is None
+            and not stage.abandoned
             and len(self._queue) < self._queue_size // 2
         ):
-            await _wait(self._room, self._flush_interval)
+            await wait(self._room, self._flush_interval)
 
     def _must_spool(self) -> bool:
-        assert self._spool is not None
+        assert self._stage is not None
+        stage = self._stage
         # Not "while the spool holds records": a database back up is tried first, or a full
         # spool would take (and refuse) every new batch until it is replayed.
         return (
-            self._abandoned
-            or self._down_since is not None
-            or len(self._handoff) >= _HANDOFF_BATCHES
+            stage.abandoned
+            or stage.down_since is not None
+            or len(stage.handoff) >= _HANDOFF_BATCHES
         )
-
-    async def _spill(self, records: list[RequestRecord]) -> None:
-        """Spool ``records``; hold in memory those the spool refuses, to offer them again."""
-        assert self._spool is not None
-        try:
-            kept = await self._spool.append(records)
-            error: OSError | None = self._spool.last_error
-        except OSError as exc:  # no slot, directory unwritable: nothing was written
-            kept, error = 0, exc
-        self.spooled_total += kept
-        self._settled(records[:kept])
-        refused = records[kept:]
-        self._spool_refusing = bool(refused)
-        if refused:
-            self._held.extend(refused)
-            self._log_spool_refused(len(refused), error)
-
-    def _log_spool_refused(self, count: int, error: OSError | None) -> None:
-        assert self._spool is not None
-        if not self._spool_log.ready():
-            return
-        why = f"{type(error).__name__}: {error}" if error is not None else "at its bound"
-        log.error(
-            "the spool %s refused %d records (%s; %d of %d bytes used): holding %d records "
-            "in memory (bound %d) and offering them again, the database first",
-            self._spool.location,
-            count,
-            why,
-            self._spool.size_bytes,
-            self._spool.max_bytes,
-            len(self._held),
-            self._queue_size,
-        )
-
-    async def _database_stage(self) -> None:
-        """Write held and handed-over batches, the database first, and replay the spool
-        between them whenever the database takes writes."""
-        assert self._spool is not None
-        replay_turn = False
-        while True:
-            now = time.monotonic()
-            writable = self._writable()  # False until the schema is migrated
-            retry_due = now >= self._retry_at and writable
-            replay_due = bool(self._spool.pending_records) and retry_due and not self._closed
-            if self._held and writable and (self._down_since is None or retry_due):
-                await self._offer_held()
-            elif self._handoff and not (replay_turn and replay_due):
-                await self._write_handoff()
-                replay_turn = True
-            elif replay_due:
-                await self._replay_batch()
-                replay_turn = False
-            elif self._closed and not self._handoff and not self._held:
-                return
-            else:
-                timeout = self._flush_interval
-                if writable and (self._spool.pending_records or self._held):
-                    timeout = min(timeout, self._retry_at - now)
-                await _wait(self._db_wakeup, max(timeout, 0.001))
-
-    async def _write_handoff(self) -> None:
-        # The batch leaves the handoff only once written or spilled: a stop that cancels
-        # this task then spools it (or counts it as lost), never forgets it.
-        records = self._handoff[0][1]
-        skip = self._down_since is not None or not self._writable()
-        unwritten = records if skip else await self._write_or_keep(records)
-        if unwritten:
-            await self._spill(unwritten)
-        self._handoff.popleft()
-        self._room.set()
-
-    async def _offer_held(self) -> None:
-        """Offer held records to the database (which, if down, this write probes), then to
-        the spool; what neither takes is held again (at the end: order does not matter)."""
-        count = min(self._max_batch, len(self._held))
-        batch = list(itertools.islice(self._held, count))
-        unwritten = await self._write_or_keep(batch)
-        if unwritten:
-            await self._spill(unwritten)
-        # Only now, as above; others only ever append to the held records, on the right.
-        for _ in range(count):
-            self._held.popleft()
-
-    async def _replay_batch(self) -> None:
-        assert self._spool is not None
-        batch = await self._spool.read(self._max_batch)
-        if batch is None:
-            return
-        if not await self._write_or_keep(batch.records):
-            await self._spool.acknowledge(batch)
-            self._spool_refusing = False  # room again: worth offering the spool records
-            self.replayed_total += len(batch.records)
-            if not self._spool.pending_records:
-                log.info("spool replayed: %d records in total", self.replayed_total)
-
-    async def _write_or_keep(self, records: list[RequestRecord]) -> list[RequestRecord]:
-        """Write ``records``; return those the database did not take for a transient reason."""
-        try:
-            await self._insert(records)
-            return []
-        except Exception as exc:
-            # The boundary between the writer and the database: anything can fail here
-            # (network, failover, lock timeouts, disk full).
-            if not is_permanent(exc):
-                self._database_failed(exc, len(records))
-                return records
-        # Some value is refused: isolate it, or retrying would block the queue forever.
-        for index, record in enumerate(records):
-            try:
-                await self._insert([record])
-            except Exception as exc:
-                if not is_permanent(exc):
-                    self._database_failed(exc, len(records) - index)
-                    return records[index:]
-                self._lose(1, "refused")
-                log.exception("dropped record %s: the database refuses it", record.id)
-                self._settled([record])
-        return []
-
-    async def _insert(self, records: list[RequestRecord]) -> None:
-        inserted = await asyncio.wait_for(write_records(self._engine, records), self._write_timeout)
-        self._stored(records, inserted)
-        if self._down_since is not None:
-            assert self._spool is not None
-            log.warning(
-                "database writable again after %.1fs; replaying %d spooled records "
-                "(%d records lost in total)",
-                time.monotonic() - self._down_since,
-                self._spool.pending_records,
-                self.dropped_total,
-            )
-            self._down_since = None
-            self._retry_at = 0.0
 
     def _stored(self, records: list[RequestRecord], inserted: int) -> None:
         """After a commit: count it, and tell ``on_stored`` these records are in the database
@@ -628,34 +523,6 @@ class RecordWriter(Generic[T]):
             except Exception:
                 log.exception("on_settled failed for a batch of %d records", len(records))
 
-    def _database_failed(self, exc: Exception, count: int) -> None:
-        assert self._spool is not None
-        self.failed_batches += 1
-        self._room.set()  # a pump waiting for the database must spool instead
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            self._retry_delay = _RETRY_FIRST_DELAY
-            log.error(
-                "the database did not take %d records (%s); spooling records to %s and "
-                "retrying with backoff",
-                count,
-                _describe(exc, self._write_timeout),
-                self._spool.location,
-            )
-        else:
-            longest = _BLOCKED_RETRY_MAX_DELAY if self._spool_refusing else _SPOOL_RETRY_MAX_DELAY
-            self._retry_delay = min(self._retry_delay * 2, longest)
-            log.debug("database still unavailable: %s", _describe(exc, self._write_timeout))
-        self._retry_at = now + self._retry_delay
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:  # noqa: ASYNC109
-    """Wait for ``event`` (then clear it) or ``timeout`` seconds, whichever comes first."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
-    event.clear()
-
 
 async def _finish(task: asyncio.Task[None] | None, timeout: float) -> None:  # noqa: ASYNC109
     """Wait up to ``timeout`` for ``task``, then cancel it; log if it had crashed."""
@@ -668,9 +535,3 @@ async def _finish(task: asyncio.Task[None] | None, timeout: float) -> None:  # n
         await asyncio.wait({task})
     elif not task.cancelled() and task.exception() is not None:
         log.error("record writer task %s had crashed", task.get_name(), exc_info=task.exception())
-
-
-def _describe(exc: Exception, write_timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {write_timeout}s"
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
