@@ -123,12 +123,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.guard = guard
+        # One timer per connection, re-armed rarely; a request only sets the deadline (a timer
+        # made and cancelled per request cost more than the rest of this class together).
         self._header_timer: TimerHandle | None = None
+        self._headers_due: float | None = None  # loop time by which headers must be complete
         self._counted_as: str | None = None
         self._header_count = 0
         self._header_bytes = 0
         self._refusal: _Answer | None = None
-        self._begun = False  # a byte of a request arrived since the header timer was armed
+        self._begun = False  # a byte of a request arrived since the deadline was set
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -150,10 +153,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if limits.max_per_client is not None:
             self._counted_as = address  # admit() counted it: connection_lost gives it back
-        self._arm_header_timer()
+        self._begun = False
+        self._headers_due = self.loop.time() + limits.header_timeout
+        self._watch_headers(limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        self._stop_watching_headers()
         if self._counted_as is not None:
             self.guard.release(self._counted_as)
             self._counted_as = None
@@ -183,8 +188,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         # A pipelined request waits behind one in flight, whose answer may take minutes:
         # its headers are bounded by that request's, not by the clock.
-        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm_header_timer()
+        if self._headers_due is None and (self.cycle is None or self.cycle.response_complete):
+            self._headers_due = self.loop.time() + self.guard.limits.header_timeout
         self._begun = True
 
     def on_url(self, url: bytes) -> None:
@@ -199,7 +204,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
+        self._headers_due = None
         super().on_headers_complete()
 
     def _count_header_bytes(self, size: int) -> None:
@@ -211,21 +216,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal = _Answer(431, message, "invalid_request_error", "headers_too_large")
         raise _Refused(message)
 
-    def _arm_header_timer(self) -> None:
-        self._begun = False
-        self._header_timer = self.loop.call_later(
-            self.guard.limits.header_timeout, self._headers_too_late
-        )
+    def _watch_headers(self, delay: float) -> None:
+        self._header_timer = self.loop.call_later(delay, self._check_headers)
 
-    def _disarm_header_timer(self) -> None:
+    def _stop_watching_headers(self) -> None:
+        self._headers_due = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _headers_too_late(self) -> None:
+    def _check_headers(self) -> None:
+        """The connection's timer: act on a deadline passed, else look again when it falls
+        due (or a timeout from now, while no request is between its first byte and its
+        headers)."""
         self._header_timer = None
         if self.transport.is_closing():
             return
+        timeout = self.guard.limits.header_timeout
+        due = self._headers_due
+        left = timeout if due is None else due - self.loop.time()
+        if left > 0:
+            self._watch_headers(left)
+            return
+        self._headers_too_late()
+
+    def _headers_too_late(self) -> None:
         if not self._begun:
             self.transport.close()  # not a byte of a request: nothing to answer
             return
@@ -234,7 +249,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answer_and_close(_Answer(408, message, "invalid_request_error", "request_timeout"))
 
     def _answer_and_close(self, answer: _Answer) -> None:
-        self._disarm_header_timer()
+        self._stop_watching_headers()
         if not self.transport.is_closing():
             self.transport.write(_raw_response(answer, self.server_state.default_headers))
             self.transport.close()

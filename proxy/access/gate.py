@@ -63,6 +63,7 @@ class Gate:
         # hash -> (key or None, cached until, looked up at)
         self._cache: dict[str, tuple[VirtualKey | None, float, float]] = {}
         self._failing = False
+        self._keyed: dict[int, tuple[UpstreamSettings, bool]] = {}
 
     async def admit(
         self,
@@ -82,7 +83,7 @@ class Gate:
         secret = presented_key(headers)
         if secret is None:
             # Without a virtual key, a keyed upstream would get the proxy's key for anyone.
-            keyed = holds_provider_key(upstream) and not self.allow_anonymous
+            keyed = not self.allow_anonymous and self._holds_key(upstream)
             if self.require_virtual_keys or keyed:
                 hint = "none given" if not has_credentials(headers) else "a provider key given"
                 raise InvalidApiKey(
@@ -96,12 +97,20 @@ class Gate:
             raise ModelNotAllowed(
                 f"the key {key.name!r} may not call model {model!r}", param="model"
             )
-        if not holds_provider_key(upstream):
+        if not self._holds_key(upstream):
             raise MissingUpstreamKey(
                 f"the upstream {upstream.name!r} has no api_key in the config, so a request "
                 "with a tallyproxy key cannot be sent to it; set upstreams[].api_key_env"
             )
         return Admission(key)
+
+    def _holds_key(self, upstream: UpstreamSettings) -> bool:
+        """``holds_provider_key``, once per route: routes live as long as the app (the entry
+        keeps its route, so an id is never taken for another's)."""
+        known = self._keyed.get(id(upstream))
+        if known is None or known[0] is not upstream:
+            known = self._keyed[id(upstream)] = (upstream, holds_provider_key(upstream))
+        return known[1]
 
     async def key(self, secret: str) -> VirtualKey | None:
         """The usable key for ``secret`` (cached), or None when unknown, revoked or expired."""
