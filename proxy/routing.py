@@ -128,6 +128,11 @@ def target(upstream: UpstreamSettings, path: str, model: str | None) -> Target:
     return Target(f"{upstream.url}/{encoded}", {})
 
 
+def headers_carry_key(upstream: UpstreamSettings) -> bool:
+    """Whether the route's extra ``headers`` hold a credential of its own (a key header)."""
+    return any(name.lower() in CREDENTIAL_HEADERS for name in upstream.headers)
+
+
 def credential_headers(
     upstream: UpstreamSettings, client_headers: Iterable[tuple[str, str]]
 ) -> list[tuple[str, str]]:
@@ -138,7 +143,7 @@ def credential_headers(
     The openai SDK always sends ``Authorization: Bearer``; Azure wants ``api-key`` and
     Anthropic ``x-api-key``, so a client's bearer key is moved to the header the kind expects.
     """
-    if any(name.lower() in CREDENTIAL_HEADERS for name in upstream.headers):
+    if headers_carry_key(upstream):
         return []  # the route's own headers carry its key; the client's never go with it
     sent = {name: value for name, value in client_headers if name in CREDENTIAL_HEADERS}
     header = {"azure": "api-key", "anthropic": "x-api-key"}.get(upstream.kind)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
 
+from proxy.routing import CREDENTIAL_HEADERS
+
 KEY_PREFIX = "tp-"
 DISPLAY_CHARS = 10
-CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy.access.keys import CREDENTIAL_HEADERS
 from proxy.config import ConfigError, Settings, UpstreamSettings
+from proxy.routing import headers_carry_key
 
 Mode = Literal["local", "locked", "anonymous"]
 
@@ -49,7 +49,7 @@ def holds_provider_key(upstream: UpstreamSettings) -> bool:
     """
     if upstream.api_key is not None or upstream.api_key_env is not None:
         return True
-    return any(name.lower() in CREDENTIAL_HEADERS for name in upstream.headers)
+    return headers_carry_key(upstream)
 
 
 def access_mode(settings: Settings) -> AccessMode:
