@@ -1,9 +1,10 @@
-"""The SQL of storing records: one row per record and additive per-session totals.
+"""The SQL of storing records: one row per record, additive per-session totals and rollups.
 
 ``write_records`` is idempotent: a record id already stored is skipped, and session totals
-only grow by the rows actually inserted, so replaying a batch, or several replicas sharing
-one Postgres, never counts a request twice. ``RecordWriter`` (``proxy.store.writer``) is its
-only caller on the serving path. On Postgres the rows go in by COPY (``proxy.store.copy``).
+and rollups only grow by the rows actually inserted, so replaying a batch, or several
+replicas sharing one Postgres, never counts a request twice. ``RecordWriter``
+(``proxy.store.writer``) is its only caller on the serving path. On Postgres the rows go in
+by COPY (``proxy.store.copy``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.records import RequestRecord
 from proxy.store.budgets import settle as settle_budgets
 from proxy.store.copy import CopyRefused, copy_requests
+from proxy.store.rollups import add_to_rollups
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
 from proxy.store.types import EXACT
 
@@ -72,6 +74,7 @@ async def _write_rows(
         inserted_ids = await insert_requests(connection, rows)
         inserted = [row for row in rows if row["id"] in inserted_ids]
         await _upsert_sessions(connection, inserted)
+        await add_to_rollups(connection, inserted)
         await settle_budgets(connection, inserted)
     return len(inserted_ids)
 

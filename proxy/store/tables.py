@@ -4,6 +4,8 @@ per budget and period, and the reservations of requests on their way.
 
 ``sessions`` is a running total kept by the writer in the same transaction as the request rows
 it sums, so a session summary is one primary-key lookup however long the session is.
+``rollups`` are the same idea per hour and per day, by the cubes of ``proxy.store.cubes``: the
+usage summaries read them instead of scanning raw rows.
 Migrations in ``migrations/versions`` must produce exactly this schema (a test checks it).
 """
 
@@ -170,4 +172,43 @@ budget_alerts = Table(
     Column("fired_at", UTCDateTime(), nullable=False),
     Column("delivered_at", UTCDateTime()),
     PrimaryKeyConstraint("budget_id", "period_start", "threshold"),
+)
+
+rollups = Table(
+    "rollups",
+    metadata,
+    # Which cube (``proxy.store.cubes.CUBES``), "hour" or "day", the bucket's start (UTC) and
+    # a hash of the cell's dimension values: dimensions may be null, key columns may not.
+    Column("cube", String(16), nullable=False),
+    Column("grain", String(4), nullable=False),
+    Column("bucket_start", UTCDateTime(), nullable=False),
+    Column("cell", String(32), nullable=False),
+    # The dimension values; a column that is not one of the cube's dimensions is null.
+    Column("model", String(256)),
+    Column("user_id", String(256)),
+    Column("key_id", String(32)),
+    Column("endpoint", String(512)),
+    Column("upstream", String(1024)),
+    Column("property_name", Text),
+    Column("property_value", Text),
+    Column("requests", BigInteger, nullable=False),
+    *(Column(name, BigInteger, nullable=False) for name in TOKEN_FIELDS),
+    Column("unpriced_requests", BigInteger, nullable=False),
+    Column("error_requests", BigInteger, nullable=False),
+    Column("latency_requests", BigInteger, nullable=False),
+    # Sum of the known costs (0 while none is known: ``unpriced_requests`` tells), so that
+    # every measure is a plain sum that can grow and shrink.
+    Column("cost_usd", Money(), nullable=False),
+    Column("latency_ms_sum", Float, nullable=False),
+    PrimaryKeyConstraint("cube", "grain", "bucket_start", "cell"),
+)
+
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # a single row, id 1
+    # False while records stored before the rollups existed (or put in by SQL) are not in
+    # them: summaries then read raw rows until ``tallyproxy rollups rebuild`` has run.
+    Column("complete", Boolean, nullable=False),
+    Column("rebuilt_at", UTCDateTime()),
 )

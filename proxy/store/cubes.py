@@ -1,0 +1,209 @@
+"""Rollups as data: which dimensions each cube keeps, and how request rows sum into cells.
+
+A *cube* is a set of dimensions (model, user, ...). Each cube is kept per UTC hour and per
+UTC day (the *grain*): one rollup row, a *cell*, per bucket and combination of the cube's
+dimension values, holding additive measures (requests, every token field, known cost,
+unpriced requests, errors, latency). Because every measure is a plain sum, a cell can grow
+by a batch of new records, shrink by a repriced record's old cost, and be recomputed from
+raw rows: the same function, ``rollup_rows``, serves the writer, ``reprice`` and a rebuild.
+
+A property cube has one cell per property name and value, so a record with three
+properties counts once in each of three cells; records without a property of some name are
+the difference between a cube without properties and the cells of that name.
+
+Pure functions over plain dicts: the SQL lives in ``proxy.store.rollups``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, localcontext
+from typing import Any, Final
+
+from proxy.store.tables import TOKEN_FIELDS
+from proxy.store.types import EXACT
+
+PLAIN_DIMENSIONS: Final = ("model", "user_id", "key_id", "endpoint", "upstream")
+"""Dimensions that are columns of ``requests``; ``property`` (name and value) is the other."""
+
+PROPERTY: Final = "property"
+
+COUNTS: Final = ("requests", *TOKEN_FIELDS, "unpriced_requests", "error_requests",
+                 "latency_requests")  # fmt: skip
+"""Integer measures of a cell."""
+
+MEASURES: Final = (*COUNTS, "cost_usd", "latency_ms_sum")
+"""Every measure of a cell: the counts, the sum of known costs and the sum of latencies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cube:
+    """A named set of dimensions, kept at ``grains``; ``PROPERTY`` is property name and value."""
+
+    name: str
+    dimensions: tuple[str, ...]
+    grains: tuple[str, ...] = ("hour",)
+
+    @property
+    def has_property(self) -> bool:
+        return PROPERTY in self.dimensions
+
+    def covers(self, needed: Iterable[str]) -> bool:
+        """True when every dimension in ``needed`` is one of this cube's."""
+        return set(needed) <= set(self.dimensions)
+
+
+_BOTH = ("hour", "day")
+
+CUBES: Final = (
+    Cube("total", ()),
+    Cube("model", ("model",)),
+    Cube("endpoint", ("endpoint",)),
+    Cube("key", ("key_id",)),
+    Cube("property", (PROPERTY,)),
+    Cube("user", ("user_id",), _BOTH),
+    Cube("property_model", (PROPERTY, "model")),
+    Cube("model_user", ("model", "user_id"), _BOTH),
+    Cube("property_user", (PROPERTY, "user_id"), _BOTH),
+    Cube("detail", PLAIN_DIMENSIONS),
+    Cube("property_detail", (PROPERTY, *PLAIN_DIMENSIONS)),
+)
+"""Smallest first, so the first cube covering a query's dimensions is the cheapest to read.
+
+Every cube is kept per hour. Cubes by user are kept per day as well: a thousand users make
+720,000 hourly cells in 30 days, 30,000 daily ones, and a month's summary by user must not
+read the former. The small cubes (a few dozen cells an hour) are read hourly for any range.
+"""
+
+CUBES_BY_NAME: Final = {cube.name: cube for cube in CUBES}
+
+
+def smallest_cube(needed: Iterable[str], grain: str = "hour") -> Cube | None:
+    """The cheapest cube kept at ``grain`` holding every dimension in ``needed``, or None."""
+    needed = set(needed)
+    return next((c for c in CUBES if grain in c.grains and c.covers(needed)), None)
+
+
+def bucket_start(moment: datetime, grain: str) -> datetime:
+    """The start of the UTC hour or day holding ``moment`` (an aware datetime)."""
+    hour = moment.replace(minute=0, second=0, microsecond=0)
+    return hour.replace(hour=0) if grain == "day" else hour
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def cell_id(values: tuple[Any, ...]) -> str:
+    """A short stable key for one combination of dimension values, null distinct from "".
+
+    It is the primary key's last column, so that cells of any cube fit one table and one
+    ``ON CONFLICT`` target whatever their dimensions (nullable columns cannot be in a key).
+    Cached: the same users and models come back batch after batch.
+    """
+    text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def record_measures(row: Mapping[str, Any]) -> list[Any]:
+    """One request row's contribution to a cell, in ``MEASURES`` order."""
+    cost: Decimal | None = row["cost_usd"]
+    status = row["status_code"]
+    latency = row["latency_ms"]
+    return [
+        1,
+        *(row[name] or 0 for name in TOKEN_FIELDS),
+        1 if cost is None else 0,
+        1 if (status is not None and status >= 400) or row["error"] is not None else 0,
+        0 if latency is None else 1,
+        _ZERO if cost is None else cost,
+        0.0 if latency is None else float(latency),
+    ]
+
+
+def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[str, Any]]:
+    """The cells that ``rows`` (``requests`` rows) add to, with their sums, sorted by key.
+
+    With ``sign=-1`` the sums are negated: what taking the rows out of the rollups means.
+    Rows first collapse into their finest cell (hour, every dimension, their property set),
+    so that a batch of similar records costs one sum per cube rather than one per record.
+    """
+    with localcontext(EXACT):  # money sums exact to 60 digits, whatever the default context
+        finest: dict[tuple[Any, ...], list[Any]] = {}
+        for row in rows:
+            key = (
+                bucket_start(row["created_at"], "hour"),
+                *(row[name] for name in PLAIN_DIMENSIONS),
+                _properties(row["properties"]),
+            )
+            _add(finest, key, record_measures(row))
+        cells: dict[tuple[Any, ...], list[Any]] = {}
+        for (hour, *plain, properties), measures in finest.items():
+            day = hour.replace(hour=0)
+            for cube, grains, positions in _LAYOUT:
+                values = tuple(plain[i] for i in positions)
+                for grain in grains:
+                    bucket = day if grain == "day" else hour
+                    if cube.has_property:
+                        for name, value in properties:
+                            _add(cells, (cube, grain, bucket, (name, value, *values)), measures)
+                    else:
+                        _add(cells, (cube, grain, bucket, values), measures)
+        result = [_cell_row(key, measures, sign) for key, measures in cells.items()]
+    # A fixed order of row locks across replicas keeps concurrent batches from deadlocking.
+    result.sort(key=lambda cell: (cell["cube"], cell["grain"], cell["bucket_start"], cell["cell"]))
+    return result
+
+
+_ZERO = Decimal(0)
+
+_LAYOUT: Final = tuple(
+    (
+        cube,
+        cube.grains,
+        tuple(PLAIN_DIMENSIONS.index(name) for name in cube.dimensions if name != PROPERTY),
+    )
+    for cube in CUBES
+)
+"""Per cube: its grains and where its plain dimensions sit in a finest cell's key."""
+
+
+def _add(sums: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], more: list[Any]) -> None:
+    known = sums.get(key)
+    sums[key] = list(more) if known is None else [a + b for a, b in zip(known, more, strict=True)]
+
+
+def _properties(properties: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """A row's properties as the usage API reads them (``properties ->> name``): text values,
+    JSON text for other JSON values (rows imported by SQL), and a null value as no value."""
+    if not properties:
+        return ()
+    return tuple(
+        sorted(
+            (name, value if isinstance(value, str) else json.dumps(value))
+            for name, value in properties.items()
+            if value is not None
+        )
+    )
+
+
+def _cell_row(key: tuple[Any, ...], measures: list[Any], sign: int) -> dict[str, Any]:
+    cube, grain, bucket, dimensions = key
+    row: dict[str, Any] = {
+        "cube": cube.name,
+        "grain": grain,
+        "bucket_start": bucket,
+        "cell": cell_id(dimensions),
+        **dict.fromkeys((*PLAIN_DIMENSIONS, "property_name", "property_value")),
+    }
+    names = [name for name in cube.dimensions if name != PROPERTY]
+    if cube.has_property:
+        row["property_name"], row["property_value"], *plain = dimensions
+    else:
+        plain = list(dimensions)
+    row.update(zip(names, plain, strict=True))
+    for name, value in zip(MEASURES, measures, strict=True):
+        row[name] = -value if sign < 0 else value
+    return row
