@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(32)),
         sa.Column("endpoint", sa.String(512)),
         sa.Column("upstream", sa.String(1024)),
+        sa.Column("session_id", sa.String(256)),
         sa.Column("property_name", sa.Text()),
         sa.Column("property_value", sa.Text()),
         sa.Column("requests", sa.BigInteger(), nullable=False),

@@ -28,8 +28,11 @@ from typing import Any, Final
 from proxy.store.tables import TOKEN_FIELDS
 from proxy.store.types import EXACT
 
-PLAIN_DIMENSIONS: Final = ("model", "user_id", "key_id", "endpoint", "upstream")
+PLAIN_DIMENSIONS: Final = ("model", "user_id", "key_id", "endpoint", "upstream", "session_id")
 """Dimensions that are columns of ``requests``; ``property`` (name and value) is the other."""
+
+DETAIL: Final = PLAIN_DIMENSIONS[:-1]
+"""Every plain dimension but the session: sessions have a cube of their own."""
 
 PROPERTY: Final = "property"
 
@@ -67,17 +70,18 @@ CUBES: Final = (
     Cube("key", ("key_id",)),
     Cube("property", (PROPERTY,)),
     Cube("user", ("user_id",), _BOTH),
+    Cube("session", ("session_id",), _BOTH),
     Cube("property_model", (PROPERTY, "model")),
     Cube("model_user", ("model", "user_id"), _BOTH),
     Cube("property_user", (PROPERTY, "user_id"), _BOTH),
-    Cube("detail", PLAIN_DIMENSIONS),
-    Cube("property_detail", (PROPERTY, *PLAIN_DIMENSIONS)),
+    Cube("detail", DETAIL),
+    Cube("property_detail", (PROPERTY, *DETAIL)),
 )
 """Smallest first, so the first cube covering a query's dimensions is the cheapest to read.
 
-Every cube is kept per hour. Cubes by user are kept per day as well: a thousand users make
-720,000 hourly cells in 30 days, 30,000 daily ones, and a month's summary by user must not
-read the former. The small cubes (a few dozen cells an hour) are read hourly for any range.
+Every cube is kept per hour. Cubes by user or session are kept per day as well: a thousand
+users make 720,000 hourly cells in 30 days, 30,000 daily ones, and a month's summary by user
+must not read the former. The small cubes (a few dozen cells an hour) are read hourly for any range.
 """
 
 CUBES_BY_NAME: Final = {cube.name: cube for cube in CUBES}

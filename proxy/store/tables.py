@@ -189,6 +189,7 @@ rollups = Table(
     Column("key_id", String(32)),
     Column("endpoint", String(512)),
     Column("upstream", String(1024)),
+    Column("session_id", String(256)),
     Column("property_name", Text),
     Column("property_value", Text),
     Column("requests", BigInteger, nullable=False),
