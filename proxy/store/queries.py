@@ -8,14 +8,25 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.store.filters import (
+    InvalidQuery,
+    UsageFilters,
+    property_condition,
+    property_text,
+    request_conditions,
+    time_bucket,
+)
+from proxy.store.rollup_reads import SUMMARY_TOKENS, plan_summary, summary_query
+from proxy.store.rollups import rollups_complete
 from proxy.store.tables import requests, sessions
+
+__all__ = ["GROUP_BY_CHOICES", "UNKNOWN_MODEL", "InvalidQuery", "UsageFilters", "UsageQueries"]
 
 log = logging.getLogger(__name__)
 
@@ -26,42 +37,17 @@ UNKNOWN_MODEL: Final = "unknown"
 """Key of a session's ``models`` breakdown for requests without a model (e.g. GET /models)."""
 
 _RECORD_ID = re.compile(r"[0-9a-f]{32}")
-_PROPERTY_NAME = re.compile(r"[^\"\\\x00-\x20\x7f]{1,128}")
-_SUMMARY_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
-                   "reasoning_tokens")  # fmt: skip
-
-
-class InvalidQuery(ValueError):
-    """A query parameter the store cannot use; ``param`` names it."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-@dataclass(frozen=True, slots=True)
-class UsageFilters:
-    """Filters shared by the queries; ``since`` is inclusive, ``until`` exclusive."""
-
-    session_id: str | None = None
-    user_id: str | None = None
-    model: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    property_name: str | None = None
-    """With ``property_value``: only requests whose ``properties[name]`` equals the value."""
-    property_value: str | None = None
-    key_id: str | None = None
-    """Only requests made with this virtual key (a key reading its own usage)."""
 
 
 class UsageQueries:
     """Usage lookups over the ``requests`` and ``sessions`` tables."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, use_rollups: bool = True) -> None:
         self._engine = engine
         self._ping_failing = False
+        self._use_rollups = use_rollups
+        # Once complete, rollups stay complete: the writer keeps them with every record.
+        self._rollups_complete = False
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -97,7 +83,7 @@ class UsageQueries:
         filters = UsageFilters(
             session_id, user_id, model, since, until, property_name, property_value, key_id
         )
-        query = select(requests).where(*_request_conditions(filters))
+        query = select(requests).where(*request_conditions(filters))
         if cursor is not None:
             query = query.where(requests.c.id < _decode_request_cursor(cursor))
         query = query.order_by(requests.c.id.desc()).limit(limit + 1)
@@ -137,7 +123,7 @@ class UsageQueries:
         if property_name is not None:
             tagged = select(requests.c.session_id).where(
                 requests.c.session_id.is_not(None),
-                _property_condition(property_name, property_value),
+                property_condition(property_name, property_value),
             )
             query = query.where(sessions.c.session_id.in_(tagged))
         if user_id is not None:
@@ -168,16 +154,25 @@ class UsageQueries:
     async def summary(
         self, group_by: str, filters: UsageFilters | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        """Requests, tokens and cost per group; time buckets in order, other groups by size."""
+        """Requests, tokens and cost per group; time buckets in order, other groups by size.
+
+        Read from rollups whenever a cube answers the filters (``proxy.store.rollup_reads``),
+        from raw rows otherwise; the answers are the same.
+        """
         filters = filters or UsageFilters()
         key = self._group_key(group_by)
+        conditions = request_conditions(filters)  # bad filters are refused on either path
+        plan = plan_summary(group_by, filters) if self._use_rollups else None
+        if plan is not None and await self._rollups_ready():
+            dialect = self._engine.dialect.name
+            return await self._fetch(summary_query(plan, filters, dialect, limit))
         inner = (
             select(
                 key.label("key"),
-                *(requests.c[name] for name in _SUMMARY_TOKENS),
+                *(requests.c[name] for name in SUMMARY_TOKENS),
                 requests.c.cost_usd,
             )
-            .where(*_request_conditions(filters))
+            .where(*conditions)
             .subquery()
         )
         # Grouping by the subquery's column, not by the expression itself: Postgres would not
@@ -186,7 +181,7 @@ class UsageQueries:
         query = select(
             inner.c.key,
             count,
-            *(func.coalesce(func.sum(inner.c[name]), 0).label(name) for name in _SUMMARY_TOKENS),
+            *(func.coalesce(func.sum(inner.c[name]), 0).label(name) for name in SUMMARY_TOKENS),
             func.sum(inner.c.cost_usd).label("cost_usd"),
             (count - func.count(inner.c.cost_usd)).label("unpriced_requests"),
         ).group_by(inner.c.key)
@@ -195,6 +190,12 @@ class UsageQueries:
         else:
             query = query.order_by(count.desc(), inner.c.key.asc().nulls_last())
         return await self._fetch(query.limit(limit))
+
+    async def _rollups_ready(self) -> bool:
+        if not self._rollups_complete:
+            async with self._engine.connect() as connection:
+                self._rollups_complete = await rollups_complete(connection)
+        return self._rollups_complete
 
     def _group_key(self, group_by: str) -> ColumnElement[Any]:
         columns = {
@@ -206,9 +207,9 @@ class UsageQueries:
         if group_by in columns:
             return columns[group_by]
         if group_by in ("day", "hour"):
-            return _time_bucket(self._engine.dialect.name, group_by)
+            return time_bucket(self._engine.dialect.name, group_by)
         if group_by.startswith("property:"):
-            return _property(group_by.removeprefix("property:"), "group_by")
+            return property_text(group_by.removeprefix("property:"), "group_by")
         choices = ", ".join((*GROUP_BY_CHOICES, "property:<name>"))
         raise InvalidQuery(f"invalid group_by {group_by!r}: use one of {choices}", "group_by")
 
@@ -237,52 +238,6 @@ class UsageQueries:
         async with self._engine.connect() as connection:
             result = await connection.execute(query)
             return [dict(row) for row in result.mappings()]
-
-
-def _request_conditions(filters: UsageFilters) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [true()]
-    for column, value in (
-        (requests.c.session_id, filters.session_id),
-        (requests.c.user_id, filters.user_id),
-        (requests.c.model, filters.model),
-        (requests.c.key_id, filters.key_id),
-    ):
-        if value is not None:
-            conditions.append(column == value)
-    if filters.property_name is not None:
-        conditions.append(_property_condition(filters.property_name, filters.property_value))
-    if filters.since is not None:
-        conditions.append(requests.c.created_at >= filters.since)
-    if filters.until is not None:
-        conditions.append(requests.c.created_at < filters.until)
-    return conditions
-
-
-def _property(name: str, param: str) -> ColumnElement[str]:
-    """``properties[name]`` as text; names are stored lower-cased, so they match any case."""
-    name = name.lower()
-    if not _PROPERTY_NAME.fullmatch(name):
-        raise InvalidQuery(
-            f"invalid property name {name!r}: 1-128 printable characters, no quotes", param
-        )
-    value: ColumnElement[str] = requests.c.properties[name].as_string()
-    return value
-
-
-def _property_condition(name: str, value: str | None) -> ColumnElement[bool]:
-    if value is None:
-        raise InvalidQuery(f"property {name!r} needs a value: use name:value", "property")
-    return _property(name, "property") == value
-
-
-def _time_bucket(dialect: str, unit: str) -> ColumnElement[Any]:
-    """The UTC day (``2025-01-31``) or hour (``2025-01-31T13:00:00Z``) of ``created_at``."""
-    if dialect == "postgresql":
-        pattern = "YYYY-MM-DD" if unit == "day" else 'YYYY-MM-DD"T"HH24:00:00"Z"'
-        return func.to_char(func.timezone("UTC", requests.c.created_at), pattern)
-    # SQLite: created_at is stored as UTC text (see UTCDateTime).
-    pattern = "%Y-%m-%d" if unit == "day" else "%Y-%m-%dT%H:00:00Z"
-    return func.strftime(pattern, requests.c.created_at)
 
 
 def _encode(value: str) -> str:

@@ -1,0 +1,274 @@
+"""Usage summaries answered from rollups: which cube and grains can answer, and the SQL.
+
+A summary over ``[since, until)`` splits into whole days (read from daily cells when the cube
+keeps them), whole hours (hourly cells) and the partial hours at the edges (raw rows, so the
+answer is exact to the microsecond). All pieces go into one statement, so they are read
+from one snapshot, and are summed by group in SQL, ordered and cut exactly as the raw-row
+summary is: the answers are the same, only cheaper.
+
+A summary that no cube can answer (a session filter with another dimension, two different
+properties) gets ``None`` from ``plan_summary`` and is answered from raw rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Text,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    type_coerce,
+    union_all,
+)
+
+from proxy.store.cubes import PROPERTY, Cube, smallest_cube
+from proxy.store.filters import UsageFilters, property_text, request_conditions, time_bucket
+from proxy.store.tables import requests, rollups
+from proxy.store.types import Money
+
+SUMMARY_TOKENS: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+                         "reasoning_tokens")  # fmt: skip
+"""The token sums a summary row reports."""
+
+_GROUP_DIMENSIONS: Final = {
+    "model": "model",
+    "user": "user_id",
+    "session": "session_id",
+    "endpoint": "endpoint",
+}
+_FILTER_DIMENSIONS: Final = (
+    ("session_id", "session_id"),
+    ("user_id", "user_id"),
+    ("model", "model"),
+    ("key_id", "key_id"),
+)
+_HOUR = timedelta(hours=1)
+_DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A piece of a time range and what answers it: raw rows, hourly or daily cells."""
+
+    source: Literal["raw", "hour", "day"]
+    start: datetime | None
+    end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPlan:
+    """How a summary is read: ``cube`` over ``spans``; for a ``property:<name>`` group without
+    a property filter, the requests without that property come from ``base`` (the same cube
+    without properties) minus the cells that have it."""
+
+    group_by: str
+    cube: Cube
+    spans: tuple[Span, ...]
+    base: Cube | None
+
+
+def plan_summary(group_by: str, filters: UsageFilters) -> SummaryPlan | None:
+    """The cube and pieces answering this summary, or None when raw rows must."""
+    needed, properties = _needed(group_by, filters)
+    if len(properties) > 1:
+        return None
+    cube = smallest_cube(needed)
+    if cube is None:
+        return None
+    base = None
+    if group_by.startswith("property:") and filters.property_name is None:
+        base = smallest_cube(needed - {PROPERTY})
+        if base is None:
+            return None
+    days = group_by != "hour" and all("day" in c.grains for c in (cube, base) if c is not None)
+    return SummaryPlan(group_by, cube, tuple(split_range(filters.since, filters.until, days)), base)
+
+
+def _needed(group_by: str, filters: UsageFilters) -> tuple[set[str], set[str]]:
+    """The dimensions a summary needs, and the property names it involves."""
+    needed: set[str] = set()
+    properties: set[str] = set()
+    if group_by in _GROUP_DIMENSIONS:
+        needed.add(_GROUP_DIMENSIONS[group_by])
+    elif group_by.startswith("property:"):
+        needed.add(PROPERTY)
+        properties.add(group_by.removeprefix("property:").lower())
+    for field, dimension in _FILTER_DIMENSIONS:
+        if getattr(filters, field) is not None:
+            needed.add(dimension)
+    if filters.property_name is not None:
+        needed.add(PROPERTY)
+        properties.add(filters.property_name.lower())
+    return needed, properties
+
+
+def split_range(since: datetime | None, until: datetime | None, days: bool) -> list[Span]:
+    """``[since, until)`` as raw partial hours at the edges, whole hours and, with ``days``,
+    whole days; an open end stays open (the newest cells are as complete as the rows)."""
+    first_hour = None if since is None else _ceil_hour(since)
+    last_hour = None if until is None else _floor_hour(until)
+    if first_hour is not None and last_hour is not None and first_hour >= last_hour:
+        return [Span("raw", since, until)]
+    spans: list[Span] = []
+    if since is not None and first_hour is not None and since < first_hour:
+        spans.append(Span("raw", since, first_hour))
+    if until is not None and last_hour is not None and last_hour < until:
+        spans.append(Span("raw", last_hour, until))
+    if not days:
+        return [*spans, Span("hour", first_hour, last_hour)]
+    first_day = None if first_hour is None else _ceil_day(first_hour)
+    last_day = None if last_hour is None else _floor_day(last_hour)
+    if first_day is not None and last_day is not None and first_day >= last_day:
+        return [*spans, Span("hour", first_hour, last_hour)]
+    if first_hour is not None and first_day is not None and first_hour < first_day:
+        spans.append(Span("hour", first_hour, first_day))
+    if last_hour is not None and last_day is not None and last_day < last_hour:
+        spans.append(Span("hour", last_day, last_hour))
+    return [*spans, Span("day", first_day, last_day)]
+
+
+def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit: int) -> Any:
+    """The statement answering ``plan``: rows of key, requests, token sums, cost, unpriced."""
+    pieces: list[Select[Any]] = []
+    for span in plan.spans:
+        if span.source == "raw":
+            pieces.append(_raw_piece(plan.group_by, filters, span, dialect))
+            continue
+        pieces.append(_cell_piece(plan, plan.cube, filters, span, dialect))
+        if plan.base is not None:
+            pieces.append(_cell_piece(plan, plan.base, filters, span, dialect, key_null=True))
+            pieces.append(_cell_piece(plan, plan.cube, filters, span, dialect, negate=True))
+    every = (pieces[0] if len(pieces) == 1 else union_all(*pieces)).subquery()
+
+    def total(name: str) -> ColumnElement[Any]:
+        # SUM of BIGINT is NUMERIC on Postgres: back to an integer, as raw-row sums come.
+        return cast(func.coalesce(func.sum(every.c[name]), 0), BigInteger)
+
+    requests_sum, unpriced = total("requests"), total("unpriced_requests")
+    query = (
+        select(
+            every.c.key,
+            requests_sum.label("requests"),
+            *(total(name).label(name) for name in SUMMARY_TOKENS),
+            type_coerce(case((requests_sum > unpriced, func.sum(every.c.cost_usd))), Money()).label(
+                "cost_usd"
+            ),
+            unpriced.label("unpriced_requests"),
+        )
+        .group_by(every.c.key)
+        .having(requests_sum > 0)
+    )
+    if plan.group_by in ("day", "hour"):
+        query = query.order_by(every.c.key)
+    else:
+        query = query.order_by(requests_sum.desc(), every.c.key.asc().nulls_last())
+    return query.limit(limit)
+
+
+def _raw_piece(group_by: str, filters: UsageFilters, span: Span, dialect: str) -> Select[Any]:
+    """The raw rows of a partial hour, one by one: few, and grouped with the cells outside
+    (grouping here would render ``properties ->> $n`` twice, which Postgres refuses)."""
+    columns = requests.c
+    conditions = request_conditions(filters)
+    if span.start is not None:
+        conditions.append(columns.created_at >= span.start)
+    if span.end is not None:
+        conditions.append(columns.created_at < span.end)
+    return select(
+        _raw_key(group_by, dialect).label("key"),
+        literal(1, BigInteger).label("requests"),
+        *(columns[name] for name in SUMMARY_TOKENS),
+        columns.cost_usd,
+        case((columns.cost_usd.is_(None), 1), else_=0).label("unpriced_requests"),
+    ).where(*conditions)
+
+
+def _raw_key(group_by: str, dialect: str) -> ColumnElement[Any]:
+    if group_by in ("day", "hour"):
+        return time_bucket(dialect, group_by)
+    if group_by.startswith("property:"):
+        return property_text(group_by.removeprefix("property:"), "group_by")
+    column: ColumnElement[Any] = requests.c[_GROUP_DIMENSIONS[group_by]]
+    return column
+
+
+def _cell_piece(
+    plan: SummaryPlan,
+    cube: Cube,
+    filters: UsageFilters,
+    span: Span,
+    dialect: str,
+    *,
+    key_null: bool = False,
+    negate: bool = False,
+) -> Select[Any]:
+    cells = rollups.c
+    key = cast(null(), Text) if key_null or negate else _cell_key(plan.group_by, dialect)
+    conditions = [cells.cube == cube.name, cells.grain == span.source]
+    if span.start is not None:
+        conditions.append(cells.bucket_start >= span.start)
+    if span.end is not None:
+        conditions.append(cells.bucket_start < span.end)
+    conditions.extend(_cell_conditions(plan.group_by, cube, filters))
+    measures = ("requests", *SUMMARY_TOKENS, "cost_usd", "unpriced_requests")
+    values = ((-cells[name] if negate else cells[name]).label(name) for name in measures)
+    return select(key.label("key"), *values).where(*conditions)
+
+
+def _cell_key(group_by: str, dialect: str) -> ColumnElement[Any]:
+    cells = rollups.c
+    if group_by in ("day", "hour"):
+        return time_bucket(dialect, group_by, cells.bucket_start)
+    if group_by.startswith("property:"):
+        return cells.property_value
+    column: ColumnElement[Any] = cells[_GROUP_DIMENSIONS[group_by]]
+    return column
+
+
+def _cell_conditions(
+    group_by: str, cube: Cube, filters: UsageFilters
+) -> Sequence[ColumnElement[bool]]:
+    cells = rollups.c
+    conditions: list[ColumnElement[bool]] = []
+    for field, dimension in _FILTER_DIMENSIONS:
+        value = getattr(filters, field)
+        if value is not None:
+            conditions.append(cells[dimension] == value)
+    if cube.has_property:
+        # One name per cube read: the filter's, or the group's (the planner saw to it).
+        if filters.property_name is not None:
+            conditions.append(cells.property_name == filters.property_name.lower())
+            conditions.append(cells.property_value == filters.property_value)
+        else:
+            name = group_by.removeprefix("property:").lower()
+            conditions.append(cells.property_name == name)
+    return conditions
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _floor_day(moment: datetime) -> datetime:
+    return _floor_hour(moment).replace(hour=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    start = _floor_hour(moment)
+    return start if start == moment else start + _HOUR
+
+
+def _ceil_day(moment: datetime) -> datetime:
+    start = _floor_day(moment)
+    return start if start == moment else start + _DAY
