@@ -100,15 +100,17 @@ def bucket_start(moment: datetime, grain: str) -> datetime:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def cell_id(values: tuple[Any, ...]) -> str:
+def cell_id(values: tuple[str | None, ...]) -> str:
     """A short stable key for one combination of dimension values, null distinct from "".
 
     It is the primary key's last column, so that cells of any cube fit one table and one
     ``ON CONFLICT`` target whatever their dimensions (nullable columns cannot be in a key).
-    Cached: the same users and models come back batch after batch.
+    The MD5 of each value length-prefixed ("v<bytes>:<value>", "n" for null), which
+    Postgres computes the same way (``proxy.store.rollups_sql``). Cached: the same users and
+    models come back batch after batch.
     """
-    text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    text = "".join("n" if v is None else f"v{len(v.encode())}:{v}" for v in values)
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
 def record_measures(row: Mapping[str, Any]) -> list[Any]:
@@ -127,15 +129,19 @@ def record_measures(row: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[str, Any]]:
-    """The cells that ``rows`` (``requests`` rows) add to, with their sums, sorted by key.
+Finest = dict[tuple[Any, ...], list[Any]]
+"""Sums by finest cell: key (hour, every plain dimension, the property pairs), ``MEASURES``."""
 
-    With ``sign=-1`` the sums are negated: what taking the rows out of the rollups means.
-    Rows first collapse into their finest cell (hour, every dimension, their property set),
-    so that a batch of similar records costs one sum per cube rather than one per record.
+
+def finest_cells(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Finest:
+    """``rows`` (``requests`` rows) summed by hour, every dimension and property set; with
+    ``sign=-1`` negated, which is what taking the rows out of the rollups means.
+
+    A batch of similar records collapses here, so cubes cost one sum per finest cell rather
+    than one per record.
     """
+    finest: Finest = {}
     with localcontext(EXACT):  # money sums exact to 60 digits, whatever the default context
-        finest: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
             key = (
                 bucket_start(row["created_at"], "hour"),
@@ -143,8 +149,17 @@ def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[s
                 _properties(row["properties"]),
             )
             _add(finest, key, record_measures(row))
-        cells: dict[tuple[Any, ...], list[Any]] = {}
-        for (hour, *plain, properties), measures in finest.items():
+    if sign < 0:
+        return {key: [-value for value in measures] for key, measures in finest.items()}
+    return finest
+
+
+def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[str, Any]]:
+    """The cells that ``rows`` (``requests`` rows) add to, with their sums, sorted by key
+    (``sign=-1``: the sums negated)."""
+    cells: Finest = {}
+    with localcontext(EXACT):
+        for (hour, *plain, properties), measures in finest_cells(rows, sign).items():
             day = hour.replace(hour=0)
             for cube, grains, positions in _LAYOUT:
                 values = tuple(plain[i] for i in positions)
@@ -155,7 +170,7 @@ def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[s
                             _add(cells, (cube, grain, bucket, (name, value, *values)), measures)
                     else:
                         _add(cells, (cube, grain, bucket, values), measures)
-        result = [_cell_row(key, measures, sign) for key, measures in cells.items()]
+    result = [_cell_row(key, measures) for key, measures in cells.items()]
     # A fixed order of row locks across replicas keeps concurrent batches from deadlocking.
     result.sort(key=lambda cell: (cell["cube"], cell["grain"], cell["bucket_start"], cell["cell"]))
     return result
@@ -174,7 +189,7 @@ _LAYOUT: Final = tuple(
 """Per cube: its grains and where its plain dimensions sit in a finest cell's key."""
 
 
-def _add(sums: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], more: list[Any]) -> None:
+def _add(sums: Finest, key: tuple[Any, ...], more: list[Any]) -> None:
     known = sums.get(key)
     sums[key] = list(more) if known is None else [a + b for a, b in zip(known, more, strict=True)]
 
@@ -193,7 +208,7 @@ def _properties(properties: Mapping[str, Any] | None) -> tuple[tuple[str, str], 
     )
 
 
-def _cell_row(key: tuple[Any, ...], measures: list[Any], sign: int) -> dict[str, Any]:
+def _cell_row(key: tuple[Any, ...], measures: list[Any]) -> dict[str, Any]:
     cube, grain, bucket, dimensions = key
     row: dict[str, Any] = {
         "cube": cube.name,
@@ -208,6 +223,5 @@ def _cell_row(key: tuple[Any, ...], measures: list[Any], sign: int) -> dict[str,
     else:
         plain = list(dimensions)
     row.update(zip(names, plain, strict=True))
-    for name, value in zip(MEASURES, measures, strict=True):
-        row[name] = -value if sign < 0 else value
+    row.update(zip(MEASURES, measures, strict=True))
     return row

@@ -18,18 +18,19 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from proxy.store.cubes import MEASURES, rollup_rows
+from proxy.store.cubes import MEASURES, finest_cells, rollup_rows
+from proxy.store.rollups_sql import add_finest
 from proxy.store.tables import rollup_state, rollups
 
 
 async def add_to_rollups(
     connection: AsyncConnection, request_rows: Iterable[Mapping[str, Any]], sign: int = 1
-) -> int:
-    """Add the ``requests`` rows to their cells (``sign=-1``: take them out); returns how many
-    cells changed."""
-    cells = rollup_rows(request_rows, sign)
-    await write_cells(connection, cells)
-    return len(cells)
+) -> None:
+    """Add the ``requests`` rows to their cells (``sign=-1``: take them out)."""
+    if connection.dialect.name == "postgresql":
+        await add_finest(connection, finest_cells(request_rows, sign))
+    else:
+        await write_cells(connection, rollup_rows(request_rows, sign))
 
 
 async def write_cells(

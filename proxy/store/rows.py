@@ -25,7 +25,7 @@ from proxy.store.budgets import settle as settle_budgets
 from proxy.store.copy import CopyRefused, copy_requests
 from proxy.store.rollups import add_to_rollups
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
-from proxy.store.types import EXACT
+from proxy.store.types import EXACT, stored_money
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,13 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "user_id": record.user_id,
         "properties": {_text(k): _text(v) for k, v in record.properties.items()},
         "usage_source": record.usage_source,
-        "cost_usd": record.cost_usd,
+        # Rounded as stored, so session totals and rollups add what the rows hold. Anything
+        # but a Decimal goes on as it is, for the column to refuse.
+        "cost_usd": (
+            stored_money(record.cost_usd)
+            if isinstance(record.cost_usd, Decimal)
+            else record.cost_usd
+        ),
         "price_source": record.price_source,
         "price_version": record.price_version,
         "estimated_prompt_tokens": record.estimated_prompt_tokens,

@@ -72,6 +72,12 @@ class Money(TypeDecorator[Decimal]):
         return Decimal
 
 
+def stored_money(value: Decimal | None) -> Decimal | None:
+    """``value`` as a ``Money`` column stores it (12 places, half-even): what sums must add,
+    so that totals kept beside the records equal the sums of the stored records."""
+    return None if value is None else value.quantize(_QUANTUM, context=EXACT)
+
+
 def max_money(dialect_name: str) -> Decimal:
     """The largest USD amount a ``Money`` column holds on this database (see ``Money``)."""
     if dialect_name == "sqlite":

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.store.cubes import CUBES, MEASURES, cell_id, rollup_rows, smallest_cube
 from proxy.store.engine import create_engine
 from proxy.store.rows import record_row, write_records
-from proxy.store.tables import rollups
+from proxy.store.tables import requests, rollups
 from proxy.usage import Usage
 from tests.store.factory import T0, make_record
 
@@ -155,3 +155,37 @@ async def test_two_replicas_writing_the_same_records_count_them_once(postgres_ur
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_stored_cells_are_what_python_computes_from_the_stored_rows(
+    engine: AsyncEngine,
+) -> None:
+    """Postgres derives the cubes in SQL; the cells, keys included, must be rollup_rows'."""
+    records = [
+        make_record(
+            minutes=n * 37,
+            model=["gpt-4o", None, "", "ünï"][n % 4],
+            user_id=[None, "u1", "u2"][n % 3],
+            session_id=[None, "s/1"][n % 2],
+            properties=[{}, {"env": "prod"}, {"env": "dev", "team": "ä b"}][n % 3],
+            cost_usd=None if n % 5 == 0 else Decimal(n) / 7,
+            latency_ms=None if n % 4 == 0 else 10.25 * n,
+        )
+        for n in range(60)
+    ]
+    await write_records(engine, records[:25])
+    await write_records(engine, records[20:])
+    async with engine.connect() as connection:
+        stored = [dict(r) for r in (await connection.execute(select(rollups))).mappings()]
+        raw = [dict(r) for r in (await connection.execute(select(requests))).mappings()]
+    expected = rollup_rows(raw)
+
+    def key(cell: dict[str, Any]) -> tuple[Any, ...]:
+        return cell["cube"], cell["grain"], cell["bucket_start"], cell["cell"]
+
+    assert len(stored) == len(expected)
+    for got, want in zip(sorted(stored, key=key), expected, strict=True):
+        assert got.keys() == want.keys()
+        latency = got.pop("latency_ms_sum"), want.pop("latency_ms_sum")
+        assert got == want
+        assert latency[0] == pytest.approx(latency[1])
