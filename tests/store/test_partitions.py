@@ -35,8 +35,10 @@ from proxy.store.tables import requests
 from proxy.store.writer import write_records
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
+from tests.e2e.conftest import proxy_settings, start_proxy
 from tests.resilience.load import until
 from tests.store.factory import T0, make_record, record_id
+from tests.support.fake_upstream import FakeUpstream
 
 DAY = T0.date()  # 2025-01-31: no partition is made for it unless a test asks
 
@@ -296,3 +298,31 @@ async def test_records_replayed_by_spool_and_journal_are_stored_once(
         )
     assert sessions == {"s0": 3, "s1": 3}
     assert rolled == len(records)
+
+
+@pytest.mark.postgres
+async def test_a_serving_proxy_keeps_the_days_ahead(
+    postgres_url: str, fake_upstream: FakeUpstream
+) -> None:
+    engine = create_engine(postgres_url)
+    try:
+        await upgrade_database(engine)
+        last = partition_name(datetime.now(UTC).date() + timedelta(days=7))
+        async with engine.begin() as connection:
+            await connection.execute(sa.text(f"DROP TABLE {last}"))
+        settings = proxy_settings(fake_upstream.base_url, postgres_url)
+        async with start_proxy(settings) as running:
+            for _ in range(200):
+                if last in await partition_names(engine):
+                    break
+                await asyncio.sleep(0.05)
+            assert last in await partition_names(engine)
+            # And the proxy stores records as ever, into today's partition.
+            await running.sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            await running.records(1)
+        today = partition_name(datetime.now(UTC).date())
+        assert (await where_rows_are(engine)).get(today) == 1
+    finally:
+        await engine.dispose()
