@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ KEEP_INTERVAL = 3600.0
 LOCK_TIMEOUT = "2s"
 """How long partition DDL waits for a lock before giving up until the next round: a long
 read in its way must not make every insert queue behind it."""
+LOCK_NOT_AVAILABLE = "55P03"
+"""SQLSTATE of a lock not granted within ``lock_timeout``."""
 PARTITION_LOCK_KEY = 0x74616C6C79706172  # b"tallypar": shared by replicas, keeper and prune
 
 _NAME = re.compile(r"requests_p(\d{8})")
@@ -233,3 +236,40 @@ class PartitionKeeper:
                 await asyncio.sleep(self._interval)
             else:
                 await asyncio.sleep(min(self._interval, 1.0))
+
+
+async def detached_days(connection: AsyncConnection) -> dict[str, date]:
+    """Day tables left detached (a prune stopped between detaching and dropping one)."""
+    rows = await connection.execute(
+        text(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND NOT c.relispartition "
+            "AND c.relnamespace = current_schema()::regnamespace AND c.relname LIKE 'requests_p%'"
+        )
+    )
+    found = {name: partition_day(name) for name in rows.scalars()}
+    return {name: day for name, day in found.items() if day is not None}
+
+
+async def detach(engine: AsyncEngine, name: str) -> bool:
+    """Detach partition ``name`` from ``requests``; False when a lock was not granted in time
+    (a long query in the way): the caller may try again later."""
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": PARTITION_LOCK_KEY}
+            )
+            await connection.execute(text(f"ALTER TABLE requests DETACH PARTITION {name}"))
+    except DBAPIError as exc:
+        if str(getattr(exc.orig, "sqlstate", "")) != LOCK_NOT_AVAILABLE:
+            raise
+        return False
+    return True
+
+
+async def drop_detached(engine: AsyncEngine, name: str) -> int:
+    """Drop a detached day table; return how many rows it held."""
+    async with engine.begin() as connection:
+        rows = int(await connection.scalar(text(f"SELECT count(*) FROM {name}")) or 0)
+        await connection.execute(text(f"DROP TABLE {name}"))
+    return rows
