@@ -25,15 +25,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sqlalchemy as sa  # noqa: E402
-from alembic import command  # noqa: E402
-from sqlalchemy.dialects import postgresql  # noqa: E402
-from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.store.engine import create_engine  # noqa: E402
-from proxy.store.migrate import alembic_config, upgrade_database  # noqa: E402
-from proxy.store.queries import UsageQueries  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
+from proxy.store.engine import create_engine
+from proxy.store.migrate import alembic_config, upgrade_database
+from proxy.store.queries import UsageQueries
+from tests.support.postgres import PostgresServer
 
 PLAN_LINES = 24
 FILL = """
@@ -79,7 +79,9 @@ def calls(queries: UsageQueries, now: datetime, some_id: str) -> dict[str, Calla
 async def measure(engine: AsyncEngine, now: datetime, runs: int) -> None:
     async with engine.connect() as connection:
         some_id = await connection.scalar(
-            sa.text("SELECT id FROM requests WHERE created_at < :t ORDER BY created_at DESC LIMIT 1"),
+            sa.text(
+                "SELECT id FROM requests WHERE created_at < :t ORDER BY created_at DESC LIMIT 1"
+            ),
             {"t": now - timedelta(days=2)},
         )
     queries = UsageQueries(engine)
