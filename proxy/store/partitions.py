@@ -41,6 +41,11 @@ LOCK_NOT_AVAILABLE = "55P03"
 """SQLSTATE of a lock not granted within ``lock_timeout``."""
 PARTITION_LOCK_KEY = 0x74616C6C79706172  # b"tallypar": shared by replicas, keeper and prune
 
+ID_TIME_SLACK = timedelta(hours=1)
+"""Around an id's time, where its record's ``created_at`` is looked for first."""
+ID_EPOCH_MS = 946_684_800_000  # 2000-01-01: an earlier "time" is not a minted id's
+ID_END_MS = 253_402_300_800_000  # 10000-01-01, beyond what datetime holds
+
 _NAME = re.compile(r"requests_p(\d{8})")
 
 
@@ -74,6 +79,23 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 def days(first: date, last: date) -> list[date]:
     """Every day from ``first`` to ``last``, both included."""
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def id_time_window(record_id: str) -> tuple[datetime, datetime] | None:
+    """Where the ``created_at`` of a record minted by ``new_record_id`` lies: its id begins
+    with the milliseconds of its creation, taken a moment before its ``created_at``. None for
+    an id of another shape (records put in by SQL may have any id): search everywhere then.
+
+    A hint for partition pruning only: a record not found in the window may still be stored.
+    """
+    try:
+        millis = int(record_id[:12], 16) if len(record_id) == 32 else -1
+    except ValueError:
+        return None
+    if not ID_EPOCH_MS <= millis < ID_END_MS:
+        return None
+    minted = datetime.fromtimestamp(millis / 1000, tz=UTC)
+    return minted - ID_TIME_SLACK, minted + ID_TIME_SLACK
 
 
 async def is_partitioned(connection: AsyncConnection) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.store.partitions import id_time_window
 from proxy.store.tables import requests, sessions
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,15 @@ class UsageQueries:
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         """One record by id, or None."""
-        rows = await self._fetch(select(requests).where(requests.c.id == request_id))
+        query = select(requests).where(requests.c.id == request_id)
+        window = id_time_window(request_id)
+        if window is not None:
+            # First around the time in the id: Postgres then plans and searches one or two
+            # day partitions, not each of them (1 ms and more per 40).
+            rows = await self._fetch(query.where(requests.c.created_at.between(*window)))
+            if rows:
+                return rows[0]
+        rows = await self._fetch(query)
         return rows[0] if rows else None
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:

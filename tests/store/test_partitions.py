@@ -24,6 +24,7 @@ from proxy.store.partitions import (
     DEFAULT_PARTITION,
     PartitionKeeper,
     ensure_partitions,
+    id_time_window,
     partition_day,
     partition_name,
     partitions,
@@ -326,3 +327,29 @@ async def test_a_serving_proxy_keeps_the_days_ahead(
         assert (await where_rows_are(engine)).get(today) == 1
     finally:
         await engine.dispose()
+
+
+def test_the_time_in_a_record_id() -> None:
+    at = datetime(2026, 12, 2, 5, 6, 7, 891000, tzinfo=UTC)
+    window = id_time_window(record_id(at))
+    assert window is not None and window[0] < at < window[1]
+    assert window[1] - window[0] == timedelta(hours=2)
+    assert id_time_window("import-0001") is None
+    assert id_time_window("zz" * 16) is None
+    assert id_time_window("0" * 32) is None  # 1970: not a minted id
+    assert id_time_window("f" * 32) is None  # beyond year 9999
+
+
+async def test_a_record_is_found_by_id_whether_or_not_its_id_tells_its_time(
+    engine: AsyncEngine,
+) -> None:
+    minted = make_record(created_at=T0)
+    # Put in by SQL from elsewhere: an id that is no time, or a time far from created_at.
+    foreign = make_record(created_at=T0, id="import-0001")
+    misleading = make_record(created_at=T0, id=record_id(T0 + timedelta(days=400)))
+    await write_records(engine, [minted, foreign, misleading])
+    queries = UsageQueries(engine)
+    for record in (minted, foreign, misleading):
+        found = await queries.get_request(record.id)
+        assert found is not None and found["id"] == record.id
+    assert await queries.get_request(record_id(T0)) is None
