@@ -77,12 +77,12 @@ def calls(queries: UsageQueries, now: datetime, some_id: str) -> dict[str, Calla
 
 
 async def measure(engine: AsyncEngine, now: datetime, runs: int) -> None:
-    async with engine.connect() as connection:
+    async with engine.connect() as connection:  # a record from the middle of the range
         some_id = await connection.scalar(
             sa.text(
-                "SELECT id FROM requests WHERE created_at < :t ORDER BY created_at DESC LIMIT 1"
-            ),
-            {"t": now - timedelta(days=2)},
+                "SELECT id FROM requests ORDER BY id "
+                "OFFSET (SELECT count(*) / 2 FROM requests) LIMIT 1"
+            )
         )
     queries = UsageQueries(engine)
     for name, call in calls(queries, now, str(some_id)).items():
