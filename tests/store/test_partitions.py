@@ -353,3 +353,29 @@ async def test_a_record_is_found_by_id_whether_or_not_its_id_tells_its_time(
         found = await queries.get_request(record.id)
         assert found is not None and found["id"] == record.id
     assert await queries.get_request(record_id(T0)) is None
+
+
+async def test_the_migration_goes_back_with_the_rows(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await upgrade_database(engine)
+        records = [make_record(created_at=T0 + timedelta(days=d)) for d in range(3)]
+        await write_records(engine, records)
+        async with engine.connect() as connection:
+            await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0007"))
+            await connection.commit()
+            key = await connection.run_sync(
+                lambda sync: sa.inspect(sync).get_pk_constraint("requests")
+            )
+            assert key["constrained_columns"] == ["id"]
+            stored = await connection.scalar(sa.text("SELECT count(*) FROM requests"))
+            assert stored == 3
+            if engine.dialect.name == "postgresql":
+                left = await connection.scalar(
+                    sa.text("SELECT count(*) FROM pg_class WHERE relname LIKE 'requests_%'")
+                )
+                assert left == 0
+        await upgrade_database(engine)
+        assert await write_records(engine, records) == 0
+    finally:
+        await engine.dispose()
