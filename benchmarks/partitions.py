@@ -4,7 +4,9 @@
 
 Starts a throwaway PostgreSQL (as the tests do), migrates it to revision 0007 (one plain
 ``requests`` table), fills it with synthetic records over ``--days`` days up to now by
-``INSERT ... SELECT generate_series`` (20 models, 1,000 users, 50,000 sessions), then prints
+``INSERT ... SELECT generate_series`` (20 models, 1,000 users, 50,000 sessions; and
+``model-rare``, 0.1 % of the records, and ``model-old``, used in the first half of the range
+only), then prints
 for each listing call its p50 and the plan Postgres chose (EXPLAIN ANALYZE), migrates to
 0009 (timed: the per-million-rows figure in the README) and prints the same again. With
 ``--listing-index created_at`` the partitioned table's listing indexes are (model,
@@ -42,7 +44,10 @@ INSERT INTO requests (id, created_at, endpoint, method, status_code, stream, mod
     completion_tokens, total_tokens, usage_source, cost_usd, latency_ms, key_id)
 SELECT lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0')
            || lpad(to_hex(n), 20, '0'),
-       t, '/v1/chat/completions', 'POST', 200, n % 3 = 0, 'model-' || (n % 20),
+       t, '/v1/chat/completions', 'POST', 200, n % 3 = 0,
+       CASE WHEN n % 1000 = 0 THEN 'model-rare'
+            WHEN n % 10 = 1 AND n < CAST(:rows AS int) / 2 THEN 'model-old'
+            ELSE 'model-' || (n % 20) END,
        'model-' || (n % 20) || '-2025', 'https://api.openai.com/v1', 'session-' || (n % 50000),
        'user-' || ((n * 7) % 1000), json_build_object('env', CASE WHEN n % 4 = 0 THEN 'dev'
        ELSE 'prod' END), 100 + n % 50, 20 + n % 30, 120 + n % 50 + n % 30, 'provider',
@@ -66,6 +71,12 @@ def calls(queries: UsageQueries, now: datetime, some_id: str) -> dict[str, Calla
     return {
         "/usage/requests?model=M&since=<1 day ago>": lambda: queries.list_requests(
             model="model-7", since=day_ago
+        ),
+        "/usage/requests?model=<0.1 % of records>&since=<1 day ago>": lambda: queries.list_requests(
+            model="model-rare", since=day_ago
+        ),
+        "/usage/requests?model=<none in the last day>&since=<1 day ago>": lambda: (
+            queries.list_requests(model="model-old", since=day_ago)
         ),
         "/usage/requests (newest 100)": lambda: queries.list_requests(),
         "/usage/requests?user_id=U&since=<1 day ago>": lambda: queries.list_requests(
