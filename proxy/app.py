@@ -41,6 +41,7 @@ from proxy.store.access import KeyStore
 from proxy.store.availability import DatabaseUnusable, Schema, open_engine
 from proxy.store.budgets import BudgetStore
 from proxy.store.journal import Journal, JournaledSink
+from proxy.store.partitions import PartitionKeeper
 from proxy.store.queries import UsageQueries
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
@@ -137,6 +138,9 @@ def create_app(settings: Settings) -> FastAPI:
             models = ", ".join(route.models) or "every other model"
             log.info("upstream %s (%s) at %s serves %s", route.name, route.kind, route.url, models)
         log.log(logging.WARNING if mode.name == "anonymous" else logging.INFO, mode.description)
+        # Postgres: the next days' partitions of ``requests``, made ahead, off the request path.
+        partition_keeper = PartitionKeeper(engine, ready=lambda: schema.ready)
+        partition_keeper.start()
         # What start-up built (price data, routes, pools) lives as long as the process: moved
         # out of the collector's sight, old-generation collections stop scanning it per pause.
         gc.collect()
@@ -145,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.budgets.stop()
+            await partition_keeper.stop()
             await schema.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)

@@ -22,6 +22,7 @@ from proxy.store.filters import (
     request_conditions,
     time_bucket,
 )
+from proxy.store.partitions import id_time_window
 from proxy.store.rollup_reads import SUMMARY_TOKENS, plan_summary, summary_query
 from proxy.store.rollups import rollups_complete
 from proxy.store.tables import requests, sessions
@@ -93,7 +94,15 @@ class UsageQueries:
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         """One record by id, or None."""
-        rows = await self._fetch(select(requests).where(requests.c.id == request_id))
+        query = select(requests).where(requests.c.id == request_id)
+        window = id_time_window(request_id)
+        if window is not None:
+            # First around the time in the id: Postgres then plans and searches one or two
+            # day partitions, not each of them (1 ms and more per 40).
+            rows = await self._fetch(query.where(requests.c.created_at.between(*window)))
+            if rows:
+                return rows[0]
+        rows = await self._fetch(query)
         return rows[0] if rows else None
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:

@@ -145,7 +145,8 @@ def _insert(dialect_name: str, table: Any) -> Any:
 async def _insert_requests(connection: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
     statement = (
         _insert(connection.dialect.name, requests)
-        .on_conflict_do_nothing(index_elements=[requests.c.id])
+        # The key, (id, created_at): a replayed record comes with its own created_at.
+        .on_conflict_do_nothing(index_elements=[requests.c.id, requests.c.created_at])
         .returning(requests.c.id)
     )
     result = await connection.execute(statement, rows)

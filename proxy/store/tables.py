@@ -5,7 +5,8 @@ per budget and period, and the reservations of requests on their way.
 ``sessions`` is a running total kept by the writer in the same transaction as the request rows
 it sums, so a session summary is one primary-key lookup however long the session is.
 ``rollups`` are the same idea per hour and per day, by the cubes of ``proxy.store.cubes``: the
-usage summaries read them instead of scanning raw rows.
+usage summaries read them instead of scanning raw rows. On Postgres ``requests`` is
+partitioned by day (``proxy.store.partitions``); the partitions are not tables of this schema.
 Migrations in ``migrations/versions`` must produce exactly this schema (a test checks it).
 """
 
@@ -54,7 +55,11 @@ TOKEN_FIELDS = (
 requests = Table(
     "requests",
     metadata,
-    Column("id", String(32), primary_key=True),
+    # The key is (id, created_at): on Postgres the table is partitioned by day of
+    # ``created_at`` (``proxy.store.partitions``), and a partitioned table's key must hold the
+    # partition key. A record keeps its ``created_at`` through every replay, so its id still
+    # identifies it.
+    Column("id", String(32), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("endpoint", String(512), nullable=False),
     Column("method", String(16), nullable=False),
@@ -82,11 +87,14 @@ requests = Table(
     Column("error", Text),
     # The virtual key the request came with (its id, never the key itself); null otherwise.
     Column("key_id", String(32)),
-    Index(None, "session_id"),
-    Index(None, "user_id"),
-    Index(None, "model"),
+    PrimaryKeyConstraint("id", "created_at"),
+    # Listings page newest first by id: with id last, one model's (user's, key's, session's)
+    # newest records are the end of an index range in each day's partition.
+    Index(None, "session_id", "id"),
+    Index(None, "user_id", "id"),
+    Index(None, "model", "id"),
+    Index(None, "key_id", "id"),
     Index(None, "created_at"),
-    Index(None, "key_id"),
 )
 
 sessions = Table(

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.records import RequestRecord
+from proxy.store.partitions import ensure_partitions, partitions
 from proxy.store.prune import count_older, prune
 from proxy.store.queries import UsageQueries
 from proxy.store.tables import requests
 from proxy.store.writer import write_records
+from tests.resilience.load import until
 from tests.store.factory import T0, make_record
 
 
@@ -97,3 +102,118 @@ def test_prune_command(database_url: str, tmp_path: object) -> None:
     )
     assert refused.returncode == 2
     assert "neither an ISO date/time nor an age" in refused.stderr
+
+
+async def _placement(engine: AsyncEngine) -> dict[str, int]:
+    query = sa.text("SELECT tableoid::regclass::text, count(*) FROM requests GROUP BY 1")
+    async with engine.connect() as connection:
+        return dict((await connection.execute(query)).all())  # type: ignore[arg-type]
+
+
+async def _totals(engine: AsyncEngine) -> tuple[object, ...]:
+    async with engine.connect() as connection:
+        sessions = (await connection.execute(sa.text("SELECT * FROM sessions"))).all()
+        rolled = (
+            await connection.execute(
+                sa.text(
+                    "SELECT cube, grain, sum(requests), sum(total_tokens) FROM rollups "
+                    "GROUP BY 1, 2 ORDER BY 1, 2"
+                )
+            )
+        ).all()
+    return tuple(sessions), tuple(rolled)
+
+
+def _on(day: date, *hours: float) -> list[RequestRecord]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return [make_record(created_at=start + timedelta(hours=h)) for h in hours]
+
+
+D = date(2025, 1, 31)
+
+
+@pytest.mark.postgres
+async def test_prune_drops_old_partitions_and_deletes_the_rest(
+    postgres_engine: AsyncEngine,
+) -> None:
+    engine = postgres_engine
+    await ensure_partitions(engine, D - timedelta(days=3), D)
+    older = [*_on(D - timedelta(days=3), 1, 2, 3), *_on(D - timedelta(days=2), 0, 5, 9, 23.99)]
+    straddling_old, straddling_new = (
+        _on(D - timedelta(days=1), 1, 11.9),
+        _on(D - timedelta(days=1), 12, 20),
+    )
+    in_default_old, in_default_new = (
+        _on(D - timedelta(days=10), 4, 5),
+        _on(D + timedelta(days=40), 1),
+    )
+    newest = _on(D, 1, 2, 3)
+    kept = [*straddling_new, *newest, *in_default_new]
+    await write_records(engine, [*older, *straddling_old, *in_default_old, *kept])
+    totals = await _totals(engine)
+    cutoff = datetime(2025, 1, 30, 12, tzinfo=UTC)
+    assert await prune(engine, cutoff, dry_run=True) == 11
+
+    assert await prune(engine, cutoff, batch_size=1) == 11
+
+    assert await _placement(engine) == {
+        "requests_p20250130": 2, "requests_p20250131": 3, "requests_default": 1,
+    }  # fmt: skip
+    async with engine.connect() as connection:
+        names = set(await partitions(connection))
+    assert "requests_p20250128" not in names and "requests_p20250129" not in names
+    assert await _ids(engine) == {r.id for r in kept}
+    assert await _totals(engine) == totals  # sessions and rollups keep the pruned totals
+    assert await prune(engine, cutoff) == 0
+
+
+@pytest.mark.postgres
+async def test_prune_drops_a_day_table_an_earlier_prune_left_detached(
+    postgres_engine: AsyncEngine,
+) -> None:
+    engine = postgres_engine
+    await ensure_partitions(engine, D, D)
+    await write_records(engine, _on(D, 1, 2))
+    async with engine.begin() as connection:  # as if a prune died after its detach
+        await connection.execute(
+            sa.text("ALTER TABLE requests DETACH PARTITION requests_p20250131")
+        )
+    assert await prune(engine, datetime(2025, 2, 1, tzinfo=UTC)) == 2
+    async with engine.connect() as connection:
+        assert await connection.scalar(sa.text("SELECT to_regclass('requests_p20250131')")) is None
+
+
+@pytest.mark.postgres
+async def test_a_writer_keeps_inserting_while_prune_drops_partitions(
+    postgres_engine: AsyncEngine,
+) -> None:
+    engine = postgres_engine
+    first = D - timedelta(days=20)
+    await ensure_partitions(engine, first, D)
+    old = [r for n in range(20) for r in _on(first + timedelta(days=n), 3, 9)]
+    await write_records(engine, old)
+    stop = asyncio.Event()
+    written: list[RequestRecord] = []
+
+    async def writer() -> None:
+        minute = 0
+        while not stop.is_set():
+            minute += 1  # the newest day's partition and the default one
+            batch = [
+                make_record(minutes=minute),
+                make_record(
+                    created_at=datetime(2025, 3, 1, tzinfo=UTC) + timedelta(minutes=minute)
+                ),
+            ]
+            assert await write_records(engine, batch) == 2
+            written.extend(batch)
+
+    task = asyncio.create_task(writer())
+    await until(lambda: len(written) > 10)
+    assert await prune(engine, datetime(2025, 1, 31, tzinfo=UTC)) == 40
+    count = len(written)
+    await until(lambda: len(written) > count + 10)
+    stop.set()
+    await task
+    assert await _ids(engine) == {r.id for r in written}
+    assert set(await _placement(engine)) == {"requests_p20250131", "requests_default"}

@@ -23,12 +23,18 @@ from proxy.store.migrate import (
     migrations_directory,
     upgrade_database,
 )
+from proxy.store.partitions import is_partition
 from proxy.store.tables import metadata
 
 
 def _differences(target: sa.MetaData) -> Any:
     def compare(connection: Connection) -> Any:
-        options = {"compare_type": True, "compare_server_default": True}
+        options = {
+            "compare_type": True,
+            "compare_server_default": True,
+            # The day partitions of ``requests`` (Postgres) are not tables of the schema.
+            "include_name": lambda name, type_, _: not (type_ == "table" and is_partition(name)),
+        }
         return compare_metadata(MigrationContext.configure(connection, opts=options), target)
 
     return compare
