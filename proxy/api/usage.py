@@ -13,6 +13,7 @@ A caller with a virtual key (see ``proxy.access.guard``) reads only its own requ
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -91,7 +92,7 @@ async def readyz(request: Request) -> JSONResponse:
         # never makes the proxy unready.
         body["read_replica"] = {
             "state": monitor.status.state,
-            "lag_seconds": monitor.status.lag_seconds,
+            "lag_seconds": _rounded(monitor.status.lag_seconds),
             "max_lag_seconds": monitor.max_lag,
             "reads_from": monitor.route(),
         }
@@ -256,5 +257,10 @@ def _answer(read: Read[Any], body: Any) -> JSONResponse:
 def _with_source(read: Read[Any], response: JSONResponse) -> JSONResponse:
     response.headers[READ_SOURCE_HEADER] = read.source
     if read.replica_lag is not None:
-        response.headers[REPLICA_LAG_HEADER] = f"{read.replica_lag:.1f}"
+        # Rounded up: a staleness bound must not read as within a limit it is past.
+        response.headers[REPLICA_LAG_HEADER] = f"{math.ceil(read.replica_lag * 10) / 10:.1f}"
     return response
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

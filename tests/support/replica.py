@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
 from tests.support.postgres import PostgresServer, _run_coroutine
 
-__all__ = ["REPLICATION_USER", "ReplicatedPostgres", "StandbyServer"]
+__all__ = ["REPLICATION_USER", "ReplicatedDatabase", "ReplicatedPostgres", "StandbyServer"]
 
 REPLICATION_USER = "replicator"
 SLOT = "tallyproxy_test_standby"
@@ -128,3 +130,28 @@ class ReplicatedPostgres:
                 await asyncio.sleep(0.05)
         finally:
             await standby.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatedDatabase:
+    """One fresh database on the primary, and the same database on its standby."""
+
+    servers: ReplicatedPostgres
+    name: str
+
+    @property
+    def primary_url(self) -> str:
+        return self.servers.primary.url(self.name)
+
+    @property
+    def standby_url(self) -> str:
+        return self.servers.standby.url(self.name)
+
+    async def fetchval(self, sql: str, *, on: Literal["primary", "standby"]) -> Any:
+        """One value from either server, on a connection of its own."""
+        server = self.servers.primary if on == "primary" else self.servers.standby
+        connection = await asyncpg.connect(server.dsn(self.name), timeout=10)
+        try:
+            return await connection.fetchval(sql)
+        finally:
+            await connection.close()
