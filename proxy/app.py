@@ -103,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.writer = writer
         app.state.queries = UsageQueries(engine)
         app.state.reads = await _open_reads(settings, engine, app.state.queries)
+        app.state.read_engines = _engine_reads(engine, app.state.reads)
         app.state.prices = prices
         app.state.keys = KeyStore(engine)
         app.state.gate = Gate(
@@ -236,6 +237,13 @@ async def _open_reads(
     monitor = ReplicaMonitor(primary, replica, settings.database.read_max_lag_seconds)
     await monitor.start()
     return Reads(queries, UsageQueries(replica), monitor)
+
+
+def _engine_reads(primary: AsyncEngine, reads: Reads[UsageQueries]) -> Reads[AsyncEngine]:
+    """The same routing, for reads that take an engine rather than ``UsageQueries``."""
+    if reads.monitor is None:
+        return Reads(primary)
+    return Reads(primary, reads.monitor.replica, reads.monitor)
 
 
 async def _close_reads(reads: Reads[UsageQueries]) -> None:

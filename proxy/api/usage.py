@@ -142,7 +142,7 @@ async def get_request(request: Request, request_id: str) -> JSONResponse:
     read = await _read(request, lambda q: q.get_request(request_id), confirm_missing=True)
     row, scope = read.value, key_scope(request)
     if row is None or (scope is not None and row["key_id"] != scope):
-        return _with_source(
+        return with_read_source(
             read, error_json(404, f"no request with id {request_id!r}", "request_id")
         )
     return _answer(read, record_json(row))
@@ -189,7 +189,7 @@ async def get_session(request: Request, session_id: str) -> JSONResponse:
         return _admin_only()
     read = await _read(request, lambda q: q.get_session(session_id), confirm_missing=True)
     if read.value is None:
-        return _with_source(
+        return with_read_source(
             read, error_json(404, f"no session with id {session_id!r}", "session_id")
         )
     return _answer(read, session_json(read.value))
@@ -251,10 +251,11 @@ async def _read(
 
 
 def _answer(read: Read[Any], body: Any) -> JSONResponse:
-    return _with_source(read, JSONResponse(body))
+    return with_read_source(read, JSONResponse(body))
 
 
-def _with_source(read: Read[Any], response: JSONResponse) -> JSONResponse:
+def with_read_source(read: Read[Any], response: JSONResponse) -> JSONResponse:
+    """``response`` with the headers that say which database answered, and its lag."""
     response.headers[READ_SOURCE_HEADER] = read.source
     if read.replica_lag is not None:
         # Rounded up: a staleness bound must not read as within a limit it is past.

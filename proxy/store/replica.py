@@ -44,7 +44,7 @@ from proxy.store.availability import DATABASE_ERRORS, display_url, error_reason
 log = logging.getLogger(__name__)
 
 ReadSource = Literal["primary", "replica"]
-ReplicaState = Literal["unknown", "streaming", "lagging", "down", "not_a_standby"]
+ReplicaState = Literal["unknown", "starting", "streaming", "lagging", "down", "not_a_standby"]
 
 CHECK_INTERVAL: Final = 1.0
 CHECK_TIMEOUT: Final = 2.0
@@ -135,13 +135,20 @@ class ReplicaMonitor:
         self.status = ReplicaStatus("unknown")
         self._route: ReadSource = "primary"
         self._kind = "unknown"
+        self._start_position: int | None = None
 
     @property
     def replica_url(self) -> str:
         return display_url(self.replica)
 
     async def start(self) -> None:
-        """Check once (a replica down is a warning, not a reason to stop), then every second."""
+        """Check once (a replica down is a warning, not a reason to stop), then every second.
+
+        Reads go to the replica only once it has replayed what the primary held now, after
+        this process migrated it: a replica within its lag bound may still lack new tables.
+        """
+        if await self._observe_primary():
+            self._start_position = self._history.newest()
         await self.check()
         self._task = asyncio.create_task(self._keep_checking(), name="tallyproxy-replica-lag")
 
@@ -204,6 +211,11 @@ class ReplicaMonitor:
             return ReplicaStatus("not_a_standby", None, primary_answers, now)
         lag = self._lag(int(replayed), now, None if since_replay is None else float(since_replay))
         state: ReplicaState = "streaming" if lag is not None and lag <= self.max_lag else "lagging"
+        if self._start_position is not None:
+            if int(replayed) < self._start_position:
+                state = "starting"
+            else:
+                self._start_position = None
         return ReplicaStatus(state, lag, primary_answers, now)
 
     def _lag(self, replayed: int, now: float, since_replay: float | None) -> float | None:
@@ -222,6 +234,8 @@ class ReplicaMonitor:
             return "primary", "down", f"it does not answer ({status.detail})"
         if status.state == "not_a_standby":
             return "primary", "not_a_standby", "it is not a standby (pg_is_in_recovery() false)"
+        if status.state == "starting":
+            return "primary", "starting", "it has not replayed this process's start-up yet"
         if not status.primary_answers:
             return "replica", "primary_down", "the primary does not answer; answers may be old"
         lag = status.lag_seconds
@@ -234,7 +248,7 @@ class ReplicaMonitor:
     def _reroute(self, route: ReadSource, kind: str, reason: str) -> None:
         if (route, kind) == (self._route, self._kind):
             return
-        level = logging.INFO if kind == "streaming" else logging.WARNING
+        level = logging.INFO if kind in ("streaming", "starting") else logging.WARNING
         log.log(level, "read replica %s: reads go to the %s: %s", self.replica_url, route, reason)
         self._route, self._kind = route, kind
 

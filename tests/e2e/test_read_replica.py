@@ -90,13 +90,15 @@ async def test_records_written_through_the_proxy_are_read_from_the_replica(
     async with replica_proxy(fake_upstream, replicated_database) as proxy:
         await send(proxy, 3)
         await send(proxy, 2, model="gpt-4o-mini")
-        answer = await until(listed(proxy), lambda r: count(r) == 5)
-        assert answer.headers[SOURCE] == "replica"
+        answer = await until(
+            listed(proxy), lambda r: count(r) == 5 and r.headers[SOURCE] == "replica"
+        )
         assert 0 <= float(answer.headers[LAG]) <= 10
         record_id = answer.json()["data"][0]["id"]
 
         one = await proxy.api.get(f"/usage/requests/{record_id}")
         summary = await proxy.api.get("/usage/summary", params={"group_by": "model"})
+        drift = await proxy.api.get("/usage/drift")
         ready = await proxy.api.get("/readyz")
         # The engine behind those answers holds its connections on the standby, in recovery.
         readers = await replicated_database.fetchval(
@@ -114,6 +116,7 @@ async def test_records_written_through_the_proxy_are_read_from_the_replica(
     totals = {row["key"]: row["requests"] for row in summary.json()["data"]}
     assert summary.headers[SOURCE] == "replica"
     assert totals == {"gpt-4o": 3, "gpt-4o-mini": 2}
+    assert drift.status_code == 200 and drift.headers[SOURCE] == "replica"
     assert ready.status_code == 200
     assert ready.json()["read_replica"]["state"] == "streaming"
     assert ready.json()["read_replica"]["reads_from"] == "replica"
