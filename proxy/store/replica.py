@@ -100,6 +100,16 @@ class WalHistory:
         return self._positions[-1].lsn if self._positions else None
 
 
+def lag_state(lag: float | None, max_lag: float, *, lagging: bool) -> ReplicaState:
+    """``streaming`` within the bound, else ``lagging``; an unknown lag is too much.
+
+    Back from ``lagging`` only within half the bound: a replica hovering at the bound would
+    otherwise switch reads (and log) every second.
+    """
+    bound = max_lag / 2 if lagging else max_lag
+    return "streaming" if lag is not None and lag <= bound else "lagging"
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaStatus:
     """What the last check found; ``lag_seconds`` is None when unknown."""
@@ -210,7 +220,7 @@ class ReplicaMonitor:
         if not in_recovery:
             return ReplicaStatus("not_a_standby", None, primary_answers, now)
         lag = self._lag(int(replayed), now, None if since_replay is None else float(since_replay))
-        state: ReplicaState = "streaming" if lag is not None and lag <= self.max_lag else "lagging"
+        state = lag_state(lag, self.max_lag, lagging=self._kind == "lagging")
         if self._start_position is not None:
             if int(replayed) < self._start_position:
                 state = "starting"

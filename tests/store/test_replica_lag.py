@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.store.replica import WalHistory
+from proxy.store.replica import WalHistory, lag_state
 
 # The primary seen at 100 from t=0 to t=2 (idle), at 250 at t=3, at 400 from t=4 to t=6.
 SEEN = [(100, 0.0), (100, 1.0), (100, 2.0), (250, 3.0), (400, 4.0), (400, 5.0), (400, 6.0)]
@@ -50,3 +50,19 @@ def test_the_history_keeps_its_bound_and_forgets_another_primary() -> None:
     assert history.newest() == 5
     assert history.lag(30, 60.0) == 0.0
     assert history.lag(4, 60.0) is None
+
+
+@pytest.mark.parametrize(
+    ("lag", "lagging", "state"),
+    [
+        (0.0, False, "streaming"),
+        (10.0, False, "streaming"),  # at the bound is within it
+        (10.1, False, "lagging"),
+        (None, False, "lagging"),  # unknown: not trusted with reads
+        (7.0, True, "lagging"),  # once lagging, back only within half the bound
+        (5.0, True, "streaming"),
+        (None, True, "lagging"),
+    ],
+)
+def test_lag_state_with_hysteresis(lag: float | None, lagging: bool, state: str) -> None:
+    assert lag_state(lag, 10.0, lagging=lagging) == state

@@ -128,3 +128,24 @@ def test_read_url_from_env_and_flag() -> None:
     assert settings.database.read_max_lag_seconds == 10.0
     flag = {("database", "read_url"): "postgresql+asyncpg://u@other/db"}
     assert load_settings(None, flag, env).database.read_url == "postgresql+asyncpg://u@other/db"
+
+
+def test_a_replica_of_sqlite_stops_the_command_with_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from proxy.cli import main
+
+    code = main(
+        [
+            "report",
+            "--database-url",
+            f"sqlite+aiosqlite:///{tmp_path}/t.db",
+            "--database-read-url",
+            "postgresql+asyncpg://u@standby/db",
+        ]
+    )
+    assert code == 2
+    assert "config key 'database': Value error, read_url needs a Postgres primary" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "t.db").exists()
