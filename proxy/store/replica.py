@@ -19,7 +19,10 @@ the way the standby itself can tell: ``clock_timestamp() - pg_last_xact_replay_t
 while it has not replayed the primary's position, which can only overstate the lag.
 
 **Where reads go.** To the replica while it is at most ``read_max_lag_seconds`` behind;
-otherwise, while it does not answer, or when it is not a standby at all, to the primary.
+otherwise (until it is back within half that bound, so that a replica hovering at the
+bound does not switch reads every second), while it does not answer, while it has not yet
+replayed what the primary held when this process started (its migrations), or when it is
+not a standby at all, to the primary.
 While the primary does not answer the monitor, to the replica whatever its lag: an old
 answer, flagged as such, rather than none. A read the replica fails (down since the last
 check, a query cancelled by recovery) is asked again of the primary. Each change of route
