@@ -104,6 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.queries = UsageQueries(engine)
         app.state.reads = await _open_reads(settings, engine, app.state.queries)
         app.state.read_engines = _engine_reads(engine, app.state.reads)
+        if app.state.reads.monitor is not None:
+            metrics.track_replica(app.state.reads.monitor.stats)
         app.state.prices = prices
         app.state.keys = KeyStore(engine)
         app.state.gate = Gate(

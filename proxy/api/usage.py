@@ -90,12 +90,7 @@ async def readyz(request: Request) -> JSONResponse:
     if monitor is not None:
         # Informative only: a replica lagging or down sends reads to the primary, so it
         # never makes the proxy unready.
-        body["read_replica"] = {
-            "state": monitor.status.state,
-            "lag_seconds": _rounded(monitor.status.lag_seconds),
-            "max_lag_seconds": monitor.max_lag,
-            "reads_from": monitor.route(),
-        }
+        body["read_replica"] = monitor.stats()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -261,7 +256,3 @@ def with_read_source(read: Read[Any], response: JSONResponse) -> JSONResponse:
         # Rounded up: a staleness bound must not read as within a limit it is past.
         response.headers[REPLICA_LAG_HEADER] = f"{math.ceil(read.replica_lag * 10) / 10:.1f}"
     return response
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 3)

@@ -149,6 +149,7 @@ class ReplicaMonitor:
         self._route: ReadSource = "primary"
         self._kind = "unknown"
         self._start_position: int | None = None
+        self._failures = 0
 
     @property
     def replica_url(self) -> str:
@@ -177,8 +178,19 @@ class ReplicaMonitor:
             return "primary"  # the monitor is stuck: its last word is too old to trust
         return self._route
 
+    def stats(self) -> dict[str, Any]:
+        """What /readyz and /metrics show: state, lag (None when unknown), bound, route."""
+        lag = self.status.lag_seconds
+        return {
+            "state": self.status.state,
+            "lag_seconds": None if lag is None else round(lag, 3),
+            "max_lag_seconds": self.max_lag,
+            "reads_from": self.route(),
+        }
+
     def replica_failed(self, exc: BaseException) -> None:
         """A read on the replica failed: reads go to the primary until the next check."""
+        self._failures += 1
         self.status = ReplicaStatus(
             "down", None, self.status.primary_answers, self._clock(), error_reason(exc)
         )
@@ -186,10 +198,16 @@ class ReplicaMonitor:
 
     async def check(self) -> ReplicaStatus:
         """Measure now: the primary's position first, then the standby's."""
+        failures = self._failures
         primary_answers = await self._observe_primary()
-        self.status = await self._measure_standby(primary_answers)
-        self._reroute(*self._decide(self.status))
-        return self.status
+        status = await self._measure_standby(primary_answers)
+        if self._failures != failures and status.state != "down":
+            # A read failed on the replica while this check was under way: what the check
+            # saw may predate the failure, so it does not send reads back; the next one may.
+            return self.status
+        self.status = status
+        self._reroute(*self._decide(status))
+        return status
 
     async def _keep_checking(self) -> None:
         while True:

@@ -27,6 +27,8 @@ __all__ = ["REPLICATION_USER", "ReplicatedDatabase", "ReplicatedPostgres", "Stan
 
 REPLICATION_USER = "replicator"
 SLOT = "tallyproxy_test_standby"
+FLUSH_TABLE = "tallyproxy_wal_flush"
+"""One row in the primary's ``postgres`` database, updated to force a WAL flush."""
 PRIMARY_SETTINGS = {
     "wal_level": "replica",
     "max_wal_senders": "5",
@@ -87,6 +89,7 @@ class ReplicatedPostgres:
         with open(self.primary.data_dir / "pg_hba.conf", "a") as hba:
             hba.write(f"\nhost replication {REPLICATION_USER} 127.0.0.1/32 trust\n")
         self.primary.execute("SELECT pg_reload_conf()")
+        self.primary.execute(f"CREATE TABLE {FLUSH_TABLE} AS SELECT 0 AS n")
         self.standby.start()
 
     def close(self) -> None:
@@ -116,6 +119,11 @@ class ReplicatedPostgres:
     async def _wait_replayed(self, deadline: float) -> None:
         primary = await asyncpg.connect(self.primary.dsn(), timeout=10)
         try:
+            # The test server commits asynchronously: the WAL of a commit that has returned
+            # may not be written yet. A synchronous commit flushes all WAL before it, but only
+            # that of a transaction that wrote some (a bare txid_current() commits lazily).
+            await primary.execute("SET synchronous_commit = on")
+            await primary.execute(f"UPDATE {FLUSH_TABLE} SET n = n + 1")
             target = await primary.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
         finally:
             await primary.close()
