@@ -151,12 +151,12 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.budgets.stop()
-            await _close_reads(app.state.reads)
             await schema.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
             journal.close()
             await session_costs.close()
+            await _close_reads(app.state.reads)  # its monitor reads the primary's engine too
             await engine.dispose()
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
