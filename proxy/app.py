@@ -40,9 +40,11 @@ from proxy.startup import QuietStartupFailure
 from proxy.store.access import KeyStore
 from proxy.store.availability import DatabaseUnusable, Schema, open_engine
 from proxy.store.budgets import BudgetStore
+from proxy.store.engine import create_engine
 from proxy.store.journal import Journal, JournaledSink
 from proxy.store.partitions import PartitionKeeper
 from proxy.store.queries import UsageQueries
+from proxy.store.replica import Reads, ReplicaMonitor
 from proxy.store.spool import Spool
 from proxy.store.writer import RecordWriter
 from proxy.tokens import TokenCounter
@@ -101,6 +103,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.metrics = metrics
         app.state.writer = writer
         app.state.queries = UsageQueries(engine)
+        app.state.reads = await _open_reads(settings, engine, app.state.queries)
+        app.state.read_engines = _engine_reads(engine, app.state.reads)
+        if app.state.reads.monitor is not None:
+            metrics.track_replica(app.state.reads.monitor.stats)
         app.state.prices = prices
         app.state.keys = KeyStore(engine)
         app.state.gate = Gate(
@@ -155,6 +161,7 @@ def create_app(settings: Settings) -> FastAPI:
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
             journal.close()
             await session_costs.close()
+            await _close_reads(app.state.reads)  # its monitor reads the primary's engine too
             await engine.dispose()
 
     app = FastAPI(title="tallyproxy", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -221,6 +228,35 @@ async def _record_recovered(
             sink.submit(pending.popleft())
         else:
             await asyncio.sleep(0.01)
+
+
+async def _open_reads(
+    settings: Settings, primary: AsyncEngine, queries: UsageQueries
+) -> Reads[UsageQueries]:
+    """The usage API's reads: on ``database.read_url`` while it keeps up, else the primary."""
+    if settings.database.read_url is None:
+        return Reads(queries)
+    # A replica that cannot be reached must not hold a read for asyncpg's 60 s connect
+    # timeout: the read goes to the primary instead.
+    replica = create_engine(
+        settings.database.read_url, application_name="tallyproxy-reads", connect_timeout=5.0
+    )
+    monitor = ReplicaMonitor(primary, replica, settings.database.read_max_lag_seconds)
+    await monitor.start()
+    return Reads(queries, UsageQueries(replica), monitor)
+
+
+def _engine_reads(primary: AsyncEngine, reads: Reads[UsageQueries]) -> Reads[AsyncEngine]:
+    """The same routing, for reads that take an engine rather than ``UsageQueries``."""
+    if reads.monitor is None:
+        return Reads(primary)
+    return Reads(primary, reads.monitor.replica, reads.monitor)
+
+
+async def _close_reads(reads: Reads[UsageQueries]) -> None:
+    if reads.monitor is not None:
+        await reads.monitor.stop()
+        await reads.monitor.replica.dispose()
 
 
 def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:

@@ -17,6 +17,7 @@ COMMANDS = (serve, migrate, reprice, report, prune, keys, budgets)
 # Flags that override a setting, whichever command has them.
 FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
     "database_url": ("database", "url"),
+    "database_read_url": ("database", "read_url"),
     "host": ("server", "host"),
     "port": ("server", "port"),
     "log_level": ("server", "log_level"),

@@ -107,17 +107,47 @@ class DatabaseSettings(_Section):
     # While a new record could not be stored (database down and spool full, or memory at the
     # queue bound): serve the request unmetered (counted as lost), or refuse it with a 503.
     when_unrecordable: Literal["serve", "refuse"] = "serve"
+    # A Postgres streaming replica for the usage API, the dashboard and reports; writes,
+    # key lookups and budgets stay on ``url``. Past ``read_max_lag_seconds`` behind the
+    # primary (or down), reads go to the primary.
+    read_url: str | None = None
+    read_max_lag_seconds: float = Field(default=10.0, ge=0, le=86400)
 
     @field_validator("url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
-        if value.startswith(("postgres://", "postgresql://")):
-            raise ValueError("use the asyncpg driver: postgresql+asyncpg://user:pass@host/db")
-        if value.startswith("sqlite://"):
-            raise ValueError("use the aiosqlite driver: sqlite+aiosqlite:///path/to/file.db")
-        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-            raise ValueError("expected postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+        return _async_driver(value)
+
+    @field_validator("read_url")
+    @classmethod
+    def _replica_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _async_driver(value).startswith("sqlite"):
+            raise ValueError(
+                "a read replica is a Postgres standby (postgresql+asyncpg://...); SQLite has "
+                "no replicas: leave read_url unset"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _replica_of_postgres(self) -> DatabaseSettings:
+        if self.read_url is not None and not self.url.startswith("postgresql"):
+            raise ValueError(
+                "read_url needs a Postgres primary in database.url: a standby of an SQLite "
+                "file cannot exist; leave read_url unset"
+            )
+        return self
+
+
+def _async_driver(value: str) -> str:
+    if value.startswith(("postgres://", "postgresql://")):
+        raise ValueError("use the asyncpg driver: postgresql+asyncpg://user:pass@host/db")
+    if value.startswith("sqlite://"):
+        raise ValueError("use the aiosqlite driver: sqlite+aiosqlite:///path/to/file.db")
+    if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        raise ValueError("expected postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+    return value
 
 
 class PriceOverride(_Section):
@@ -231,6 +261,7 @@ ENV_KEYS: Mapping[str, tuple[str, ...]] = {
     "TALLYPROXY_UPSTREAM_URL": ("upstream", "url"),
     "TALLYPROXY_UPSTREAM_API_KEY": ("upstream", "api_key"),
     "TALLYPROXY_DATABASE_URL": ("database", "url"),
+    "TALLYPROXY_DATABASE_READ_URL": ("database", "read_url"),
     "TALLYPROXY_ADMIN_TOKEN": ("admin_token",),
     "TALLYPROXY_ALERT_WEBHOOK_URL": ("alerts", "webhook_url"),
     "TALLYPROXY_ALERT_WEBHOOK_SECRET": ("alerts", "webhook_secret"),

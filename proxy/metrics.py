@@ -57,6 +57,7 @@ TOKEN_KINDS = (
 
 WriterStats = Callable[[], Mapping[str, Any]]
 PoolStatsReader = Callable[[], Sequence["PoolStats"]]
+ReplicaStats = Callable[[], Mapping[str, Any]]
 
 
 class Metrics:
@@ -132,6 +133,10 @@ class Metrics:
     def track_pools(self, stats: PoolStatsReader) -> None:
         """Expose each upstream's connection pool (size, in use, waiting), read at each scrape."""
         self.registry.register(_PoolCollector(stats))
+
+    def track_replica(self, stats: ReplicaStats) -> None:
+        """Expose the read replica's lag and whether reads go to it, read at each scrape."""
+        self.registry.register(_ReplicaCollector(stats))
 
     def observing(
         self, prepare: Callable[[list[T]], list[RequestRecord]]
@@ -305,3 +310,27 @@ class _PoolCollector(Collector):
         for pool in pools:
             exhausted.add_metric([pool.name, pool.url], pool.exhausted_total)
         yield exhausted
+
+
+class _ReplicaCollector(Collector):
+    """The read replica (``database.read_url``): its lag when known, and where reads go."""
+
+    def __init__(self, stats: ReplicaStats) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        if stats["lag_seconds"] is not None:
+            yield GaugeMetricFamily(
+                "tallyproxy_read_replica_lag_seconds",
+                "How far the read replica was behind the primary at its last check",
+                value=stats["lag_seconds"],
+            )
+        yield GaugeMetricFamily(
+            "tallyproxy_read_replica_serving",
+            "1 while reads go to the read replica, 0 while they go to the primary",
+            value=1 if stats["reads_from"] == "replica" else 0,
+        )

@@ -7,6 +7,9 @@
 - ``postgres_url`` (function): URL of a fresh empty database on it.
 - ``database_url`` (function, ids ``sqlite`` and ``postgres``): a fresh database of each kind.
 - ``engine`` / ``postgres_engine`` (function): an engine on that database, migrated.
+- ``replicated_postgres`` (session): a local primary and its streaming standby
+  (``pg_basebackup -R``), started on first use; ``replicated_database`` (function): a fresh
+  database on both, with the standby running and replaying again afterwards.
 - ``tokenizer_loads`` (function): the built-in vocabularies loaded during the test, in order.
 - ``fake_upstream`` / ``fake_upstream_url`` (function): a running :class:`FakeUpstream` and its
   ``/v1`` base URL.
@@ -26,6 +29,7 @@ from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.postgres import PostgresServer
+from tests.support.replica import ReplicatedDatabase, ReplicatedPostgres
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,28 @@ def restartable_postgres(postgres_server: PostgresServer) -> Iterator[PostgresSe
         )
     yield postgres_server
     postgres_server.start()  # whatever the test did, later tests need it running
+
+
+@pytest.fixture(scope="session")
+def replicated_postgres() -> Iterator[ReplicatedPostgres]:
+    servers = ReplicatedPostgres()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def replicated_database(replicated_postgres: ReplicatedPostgres) -> Iterator[ReplicatedDatabase]:
+    servers = replicated_postgres
+    name = servers.create_database()
+    yield ReplicatedDatabase(servers, name)
+    # Whatever the test did to them, later tests need both running and the standby replaying.
+    servers.primary.start()
+    servers.standby.start()
+    servers.resume_replay()
+    servers.primary.drop_database(name)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import struct
 import sys
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from tests.support.fake_upstream import DEFAULT_REPLY, FakeUpstream, FakeUsage
 from tests.support.postgres import PostgresServer
+from tests.support.replica import REPLICATION_USER, ReplicatedDatabase
 from tests.support.servers import (
     free_port,
     run_asgi_server,
@@ -104,6 +106,32 @@ async def test_postgres_stop_and_start_keep_port_and_data(
         assert await conn.fetchval("SELECT x FROM kept") == 42
     finally:
         await conn.close()
+
+
+@pytest.mark.postgres
+async def test_standby_streams_from_its_primary_pauses_and_catches_up(
+    replicated_database: ReplicatedDatabase,
+) -> None:
+    db, servers = replicated_database, replicated_database.servers
+    assert await db.fetchval("SELECT pg_is_in_recovery()", on="standby") is True
+    sender = "SELECT usename || ' ' || state FROM pg_stat_replication"
+    assert await db.fetchval(sender, on="primary") == f"{REPLICATION_USER} streaming"
+    await db.fetchval("CREATE TABLE t AS SELECT 1 AS x", on="primary")
+    servers.wait_replayed()
+    assert await db.fetchval("SELECT count(*) FROM t", on="standby") == 1
+
+    servers.pause_replay()
+    await db.fetchval("INSERT INTO t VALUES (2)", on="primary")
+    await asyncio.sleep(0.5)
+    assert await db.fetchval("SELECT count(*) FROM t", on="standby") == 1  # received, not applied
+    servers.resume_replay()
+    servers.standby.stop()
+    await db.fetchval("INSERT INTO t VALUES (3)", on="primary")
+    servers.standby.start()  # the slot kept the WAL it missed
+    servers.wait_replayed()
+    assert await db.fetchval("SELECT count(*) FROM t", on="standby") == 3
+    with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+        await db.fetchval("INSERT INTO t VALUES (4)", on="standby")
 
 
 # -- fake upstream via the openai SDK --------------------------------------------------------

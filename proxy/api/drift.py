@@ -7,10 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.api.params import invalid_query, parse_time
+from proxy.api.usage import with_read_source
 from proxy.store.drift import drift_by_model
 from proxy.store.queries import InvalidQuery
+from proxy.store.replica import Reads
 
 
 def drift_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
@@ -32,14 +35,16 @@ async def get_drift(
     Each side has ``provider_tokens``, ``estimated_tokens``, ``drift_pct`` (signed, of the
     sums) and ``mean_abs_error_pct`` (per request).
     """
+    # A scan of every sampled record: the read replica's work when there is one.
+    engines: Reads[AsyncEngine] | None = getattr(request.app.state, "read_engines", None)
+    if engines is None:
+        engines = Reads(request.app.state.engine)
     try:
-        rows = await drift_by_model(
-            request.app.state.engine,
-            since=parse_time(since, "since"),
-            until=parse_time(until, "until"),
-            model=model,
+        window = parse_time(since, "since"), parse_time(until, "until")
+        read = await engines.run(
+            lambda engine: drift_by_model(engine, since=window[0], until=window[1], model=model)
         )
     except InvalidQuery as exc:
         return invalid_query(exc)
     rate = request.app.state.settings.metering.drift_sample_rate
-    return JSONResponse({"sample_rate": rate, "data": rows})
+    return with_read_source(read, JSONResponse({"sample_rate": rate, "data": read.value}))

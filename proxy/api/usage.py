@@ -1,16 +1,21 @@
 """The usage REST API (``/usage/...``) and the health probes (``/healthz``, ``/readyz``).
 
-Handlers read ``request.app.state.queries`` (``UsageQueries``) and ``request.app.state.writer``
-(``RecordWriter``). Query parameters are validated here and errors are rendered in OpenAI's
-shape by the routes themselves, so the contract holds whatever handlers the app installs.
+Handlers read through ``request.app.state.reads`` (``Reads`` over ``UsageQueries``: the read
+replica's or the primary's, see ``proxy.store.replica``; without it ``app.state.queries``
+answers every read) and ask ``request.app.state.writer`` (``RecordWriter``) for /readyz.
+Every answer of a read says where it came from (``X-Tally-Read-Source``) and, with a
+replica, how far behind the primary it was (``X-Tally-Replica-Lag-Seconds``). Query
+parameters are validated here and errors are rendered in OpenAI's shape by the routes
+themselves, so the contract holds whatever handlers the app installs.
 A caller with a virtual key (see ``proxy.access.guard``) reads only its own requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Annotated, Any
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
@@ -20,13 +25,18 @@ from proxy.api.params import error_json, invalid_query, parse_limit, parse_prope
 from proxy.api.serialize import record_json, session_json, stats_json, summary_row_json
 from proxy.errors import error_body
 from proxy.store.queries import GROUP_BY_CHOICES, InvalidQuery, UsageFilters, UsageQueries
+from proxy.store.replica import Read, Reads
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_SUMMARY_GROUPS = 10000
 PING_TIMEOUT = 2.0
 
+READ_SOURCE_HEADER = "X-Tally-Read-Source"
+REPLICA_LAG_HEADER = "X-Tally-Replica-Lag-Seconds"
+
 Param = Annotated[str | None, Query()]
+Value = TypeVar("Value")
 PropertyParam = Annotated[str | None, Query(alias="property")]
 
 
@@ -70,12 +80,17 @@ async def readyz(request: Request) -> JSONResponse:
     writer = getattr(request.app.state, "writer", None)
     writer_stats: dict[str, Any] = writer.stats() if writer is not None else {"healthy": False}
     ready = database and bool(writer_stats["healthy"]) and writer_stats.get("recordable", False)
-    body = {
+    body: dict[str, Any] = {
         "status": "ready" if ready else "unavailable",
         "database": database,
         "schema_migrated": migrated,
     }
     body |= stats_json({"writer_healthy": writer_stats.pop("healthy"), **writer_stats})
+    monitor = _reads(request).monitor
+    if monitor is not None:
+        # Informative only: a replica lagging or down sends reads to the primary, so it
+        # never makes the proxy unready.
+        body["read_replica"] = monitor.stats()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -93,30 +108,39 @@ async def list_requests(
     """Records matching the filters, newest first: ``{"data": [...], "next_cursor": ...}``."""
     try:
         property_name, property_value = parse_property(property_)
-        rows, next_cursor = await _queries(request).list_requests(
-            session_id=session_id,
-            user_id=user_id,
-            model=model,
-            since=parse_time(since, "since"),
-            until=parse_time(until, "until"),
-            limit=parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
-            cursor=cursor,
-            property_name=property_name,
-            property_value=property_value,
-            key_id=key_scope(request),
+        window = parse_time(since, "since"), parse_time(until, "until")
+        page_size = parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT)
+        read = await _read(
+            request,
+            lambda queries: queries.list_requests(
+                session_id=session_id,
+                user_id=user_id,
+                model=model,
+                since=window[0],
+                until=window[1],
+                limit=page_size,
+                cursor=cursor,
+                property_name=property_name,
+                property_value=property_value,
+                key_id=key_scope(request),
+            ),
         )
     except InvalidQuery as exc:
         return invalid_query(exc)
-    return JSONResponse({"data": [record_json(r) for r in rows], "next_cursor": next_cursor})
+    rows, next_cursor = read.value
+    body = {"data": [record_json(r) for r in rows], "next_cursor": next_cursor}
+    return _answer(read, body)
 
 
 async def get_request(request: Request, request_id: str) -> JSONResponse:
     """One record; 404 when the id is unknown."""
-    row = await _queries(request).get_request(request_id)
-    scope = key_scope(request)
+    read = await _read(request, lambda q: q.get_request(request_id), confirm_missing=True)
+    row, scope = read.value, key_scope(request)
     if row is None or (scope is not None and row["key_id"] != scope):
-        return error_json(404, f"no request with id {request_id!r}", "request_id")
-    return JSONResponse(record_json(row))
+        return with_read_source(
+            read, error_json(404, f"no request with id {request_id!r}", "request_id")
+        )
+    return _answer(read, record_json(row))
 
 
 async def list_sessions(
@@ -133,28 +157,37 @@ async def list_sessions(
         return _admin_only()
     try:
         property_name, property_value = parse_property(property_)
-        rows, next_cursor = await _queries(request).list_sessions(
-            user_id=user_id,
-            since=parse_time(since, "since"),
-            until=parse_time(until, "until"),
-            limit=parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT),
-            cursor=cursor,
-            property_name=property_name,
-            property_value=property_value,
+        window = parse_time(since, "since"), parse_time(until, "until")
+        page_size = parse_limit(limit, MAX_LIMIT, DEFAULT_LIMIT)
+        read = await _read(
+            request,
+            lambda queries: queries.list_sessions(
+                user_id=user_id,
+                since=window[0],
+                until=window[1],
+                limit=page_size,
+                cursor=cursor,
+                property_name=property_name,
+                property_value=property_value,
+            ),
         )
     except InvalidQuery as exc:
         return invalid_query(exc)
-    return JSONResponse({"data": [session_json(r) for r in rows], "next_cursor": next_cursor})
+    rows, next_cursor = read.value
+    body = {"data": [session_json(r) for r in rows], "next_cursor": next_cursor}
+    return _answer(read, body)
 
 
 async def get_session(request: Request, session_id: str) -> JSONResponse:
     """One session summary; 404 when no request of that session was recorded."""
     if key_scope(request) is not None:
         return _admin_only()
-    row = await _queries(request).get_session(session_id)
-    if row is None:
-        return error_json(404, f"no session with id {session_id!r}", "session_id")
-    return JSONResponse(session_json(row))
+    read = await _read(request, lambda q: q.get_session(session_id), confirm_missing=True)
+    if read.value is None:
+        return with_read_source(
+            read, error_json(404, f"no session with id {session_id!r}", "session_id")
+        )
+    return _answer(read, session_json(read.value))
 
 
 async def summary(
@@ -185,10 +218,10 @@ async def summary(
             key_id=key_scope(request),
         )
         max_groups = parse_limit(limit, MAX_SUMMARY_GROUPS, MAX_SUMMARY_GROUPS)
-        rows = await _queries(request).summary(group_by, filters, limit=max_groups)
+        read = await _read(request, lambda q: q.summary(group_by, filters, limit=max_groups))
     except InvalidQuery as exc:
         return invalid_query(exc)
-    return JSONResponse({"group_by": group_by, "data": [summary_row_json(r) for r in rows]})
+    return _answer(read, {"group_by": group_by, "data": [summary_row_json(r) for r in read.value]})
 
 
 def _admin_only() -> JSONResponse:
@@ -198,6 +231,28 @@ def _admin_only() -> JSONResponse:
     return JSONResponse(body, status_code=403)
 
 
-def _queries(request: Request) -> UsageQueries:
-    queries: UsageQueries = request.app.state.queries
-    return queries
+def _reads(request: Request) -> Reads[UsageQueries]:
+    reads: Reads[UsageQueries] | None = getattr(request.app.state, "reads", None)
+    return reads if reads is not None else Reads(request.app.state.queries)
+
+
+async def _read(
+    request: Request,
+    read: Callable[[UsageQueries], Awaitable[Value]],
+    *,
+    confirm_missing: bool = False,
+) -> Read[Value]:
+    return await _reads(request).run(read, confirm_missing=confirm_missing)
+
+
+def _answer(read: Read[Any], body: Any) -> JSONResponse:
+    return with_read_source(read, JSONResponse(body))
+
+
+def with_read_source(read: Read[Any], response: JSONResponse) -> JSONResponse:
+    """``response`` with the headers that say which database answered, and its lag."""
+    response.headers[READ_SOURCE_HEADER] = read.source
+    if read.replica_lag is not None:
+        # Rounded up: a staleness bound must not read as within a limit it is past.
+        response.headers[REPLICA_LAG_HEADER] = f"{math.ceil(read.replica_lag * 10) / 10:.1f}"
+    return response

@@ -15,6 +15,9 @@ from proxy.config import Settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from proxy.store.queries import UsageQueries
+    from proxy.store.replica import Reads
+
 Store = TypeVar("Store")
 
 _AGE = re.compile(r"(\d+)([mhd])")
@@ -25,6 +28,14 @@ def database_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (or TALLYPROXY_CONFIG)")
     parser.add_argument(
         "--database-url", help="sqlite+aiosqlite:///file.db or postgresql+asyncpg://..."
+    )
+
+
+def read_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-read-url",
+        help="a Postgres streaming replica to read from: postgresql+asyncpg://... "
+        "(or TALLYPROXY_DATABASE_READ_URL)",
     )
 
 
@@ -54,6 +65,31 @@ async def migrated_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def reading_database(settings: Settings) -> AsyncIterator[Reads[UsageQueries]]:
+    """Usage queries for a command that only reads: on ``database.read_url`` when it is no
+    more than ``database.read_max_lag_seconds`` behind (measured once, now), else on the
+    migrated primary. A replica lagging or down is one log line, not a failure."""
+    from proxy.store.engine import create_engine
+    from proxy.store.queries import UsageQueries
+    from proxy.store.replica import Reads, ReplicaMonitor
+
+    async with migrated_database(settings) as primary:
+        database = settings.database
+        if database.read_url is None:
+            yield Reads(UsageQueries(primary))
+            return
+        replica = create_engine(
+            database.read_url, application_name="tallyproxy-report", connect_timeout=5.0
+        )
+        try:
+            monitor = ReplicaMonitor(primary, replica, database.read_max_lag_seconds)
+            await monitor.check()
+            yield Reads(UsageQueries(primary), UsageQueries(replica), monitor)
+        finally:
+            await replica.dispose()
 
 
 def store_command(

@@ -1,7 +1,8 @@
 """``tallyproxy report``: usage totals per model, user, session or day, and day-over-day change.
 
 The rendering functions are pure (rows in, text out) so they can be table-tested; ``run``
-only reads the database through ``UsageQueries.summary``.
+only reads the database through ``UsageQueries.summary``, on the read replica
+(``database.read_url``) when it keeps up.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
-from proxy.commands.common import database_flags, migrated_database, moment
+from proxy.commands.common import database_flags, moment, read_flags, reading_database
 from proxy.config import Settings
 from proxy.money import format_usd
 
@@ -48,6 +49,7 @@ def register(commands: Any) -> None:
         "report", help="usage totals per model, user, session or day, or day over day"
     )
     database_flags(parser)
+    read_flags(parser)
     parser.add_argument(
         "--since", type=moment, help="ISO date/time (UTC) or an age: 90m, 24h, 7d (default 24h)"
     )
@@ -109,10 +111,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _summary(settings: Settings, group_by: str, filters: Any) -> list[dict[str, Any]]:
-    from proxy.store.queries import UsageQueries
-
-    async with migrated_database(settings) as engine:
-        return await UsageQueries(engine).summary(group_by, filters, limit=MAX_GROUPS)
+    async with reading_database(settings) as reads:
+        read = await reads.run(lambda q: q.summary(group_by, filters, limit=MAX_GROUPS))
+        return read.value
 
 
 def totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

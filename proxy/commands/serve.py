@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proxy.commands.common import database_flags
+from proxy.commands.common import database_flags, read_flags
 from proxy.config import ENV_KEYS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ def register(commands: Any) -> None:
         "serve", help="run the proxy (applies pending migrations first)"
     )
     database_flags(parser)
+    read_flags(parser)
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--upstream", help="upstream base URL (default https://api.openai.com/v1)")

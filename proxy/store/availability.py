@@ -63,7 +63,7 @@ def open_engine(url: str) -> AsyncEngine:
     except OSError as exc:
         raise DatabaseUnusable(
             f"cannot use the database {make_url(url).render_as_string(hide_password=True)}: "
-            f"{_reason(exc)}; check database.url"
+            f"{error_reason(exc)}; check database.url"
         ) from None
 
 
@@ -99,7 +99,7 @@ def is_unreachable(exc: BaseException, backend: str) -> bool:
     return False
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     """The innermost message, on one line: what a reader needs of a database error."""
     inner = list(_chain(exc))[-1]
     text = " ".join(str(inner).split()) or type(inner).__name__
@@ -142,14 +142,14 @@ class Schema:
         except DATABASE_ERRORS as exc:
             if not is_unreachable(exc, backend):
                 raise DatabaseUnusable(
-                    f"cannot use the database {display_url(self._engine)}: {_reason(exc)}; "
+                    f"cannot use the database {display_url(self._engine)}: {error_reason(exc)}; "
                     "check database.url (host, credentials, database name, file path)"
                 ) from None
             log.warning(
                 "database %s is not reachable (%s); serving anyway: records are spooled to %s "
                 "and the schema is migrated as soon as the database is back",
                 display_url(self._engine),
-                _reason(exc),
+                error_reason(exc),
                 spool_location,
             )
         self._task = asyncio.create_task(self._keep_trying(), name="tallyproxy-migrate")
@@ -177,7 +177,7 @@ class Schema:
             except DATABASE_ERRORS as exc:
                 # The background boundary: the database may stay away for long; say it once
                 # per kind of failure, and then every few minutes, not per attempt.
-                problem = _reason(exc)
+                problem = error_reason(exc)
                 unreachable = is_unreachable(exc, self._engine.dialect.name)
                 if problem != last_problem and not unreachable:
                     log.error(

@@ -21,14 +21,18 @@ SERVER_SETTINGS = {
 }
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(
+    url: str, *, application_name: str = "tallyproxy", connect_timeout: float | None = None
+) -> AsyncEngine:
     """An ``AsyncEngine`` for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs.
 
     SQLite: the parent directory of the file is created; every connection uses WAL (readers
     do not block the writer), ``synchronous=NORMAL`` (durable at checkpoints, fast commits)
     and a busy timeout so a second process waits for the write lock instead of failing.
     Postgres: a bounded pool whose connections are checked before use, since a replica may
-    outlive a database failover.
+    outlive a database failover; ``application_name`` names its sessions in
+    ``pg_stat_activity``, and ``connect_timeout`` bounds a connection attempt (asyncpg's
+    default is 60 s).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -40,8 +44,17 @@ def create_engine(url: str) -> AsyncEngine:
         pool_timeout=10,
         pool_recycle=1800,
         pool_pre_ping=True,
-        connect_args={"server_settings": SERVER_SETTINGS},
+        connect_args=_connect_args(application_name, connect_timeout),
     )
+
+
+def _connect_args(application_name: str, connect_timeout: float | None) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "server_settings": {**SERVER_SETTINGS, "application_name": application_name}
+    }
+    if connect_timeout is not None:
+        args["timeout"] = connect_timeout
+    return args
 
 
 def _sqlite_engine(url: str, database: str | None) -> AsyncEngine:

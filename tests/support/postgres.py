@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -112,8 +112,11 @@ class PostgresServer:
     ``url(db)`` gives a SQLAlchemy URL for the asyncpg driver; ``dsn(db)`` a plain libpq one.
     """
 
-    def __init__(self, external_url: str | None = None) -> None:
+    def __init__(
+        self, external_url: str | None = None, settings: Mapping[str, str] | None = None
+    ) -> None:
         self.external = external_url is not None
+        self._settings = {**_SETTINGS, **(settings or {})}
         self.running = False
         self._base_dir: Path | None = None
         self.host = "127.0.0.1"
@@ -189,6 +192,15 @@ class PostgresServer:
             )
 
     def _init_data_dir(self) -> None:
+        self._make_base_dir()
+        self._create_cluster()
+        settings = {**self._settings, "unix_socket_directories": f"'{self.data_dir}'"}
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write("\n# tallyproxy tests: speed over durability\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        self._start_watchdog()
+
+    def _make_base_dir(self) -> None:
         self._bin = find_postgres_bin()
         as_root = os.geteuid() == 0
         # As root, stay out of a TMPDIR the postgres user may not be able to reach.
@@ -204,6 +216,9 @@ class PostgresServer:
                     "as (it comes with apt-get install postgresql)"
                 ) from None
             os.chown(self._base_dir, user.pw_uid, user.pw_gid)
+
+    def _create_cluster(self) -> None:
+        """A new, empty data directory (a standby copies its primary's instead)."""
         self._run(
             "initdb",
             "-D",
@@ -218,10 +233,8 @@ class PostgresServer:
             "--no-sync",
             "--no-instructions",
         )
-        settings = {**_SETTINGS, "unix_socket_directories": f"'{self.data_dir}'"}
-        with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write("\n# tallyproxy tests: speed over durability\n")
-            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+    def _start_watchdog(self) -> None:
         stop = self._command("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate")
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(self._base_dir), *stop],

@@ -39,6 +39,19 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
         ("- a\n- b\n", "must hold a mapping"),
         ("server: [\n", "not valid YAML"),
         ("server:\n  log_level: loud\n", "config key 'server.log_level'"),
+        (
+            "database:\n  url: postgresql+asyncpg://u@p/db\n  read_url: sqlite+aiosqlite:///r.db\n",
+            "config key 'database.read_url': .*SQLite has no replicas",
+        ),
+        (
+            "database:\n  url: postgresql+asyncpg://u@p/db\n  read_url: postgres://u@r/db\n",
+            "config key 'database.read_url': .*use the asyncpg driver",
+        ),
+        (
+            "database:\n  read_url: postgresql+asyncpg://u@r/db\n",
+            "config key 'database': .*read_url needs a Postgres primary",
+        ),
+        ("database:\n  read_max_lag_seconds: -1\n", "config key 'database.read_max_lag_seconds'"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -103,3 +116,36 @@ def test_missing_key_variable_is_named(tmp_path: Path) -> None:
     config.write_text("upstream:\n  api_key_env: NOT_SET_ANYWHERE\n")
     with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set"):
         load_settings(config, environ={})
+
+
+def test_read_url_from_env_and_flag() -> None:
+    env = {
+        "TALLYPROXY_DATABASE_URL": "postgresql+asyncpg://u@primary/db",
+        "TALLYPROXY_DATABASE_READ_URL": "postgresql+asyncpg://u@standby/db",
+    }
+    settings = load_settings(None, {}, env)
+    assert settings.database.read_url == "postgresql+asyncpg://u@standby/db"
+    assert settings.database.read_max_lag_seconds == 10.0
+    flag = {("database", "read_url"): "postgresql+asyncpg://u@other/db"}
+    assert load_settings(None, flag, env).database.read_url == "postgresql+asyncpg://u@other/db"
+
+
+def test_a_replica_of_sqlite_stops_the_command_with_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from proxy.cli import main
+
+    code = main(
+        [
+            "report",
+            "--database-url",
+            f"sqlite+aiosqlite:///{tmp_path}/t.db",
+            "--database-read-url",
+            "postgresql+asyncpg://u@standby/db",
+        ]
+    )
+    assert code == 2
+    assert "config key 'database': Value error, read_url needs a Postgres primary" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "t.db").exists()
