@@ -38,11 +38,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from overhead import process_tree  # noqa: E402
 from scale_db import migrate  # noqa: E402
-from synthetic import Shape, Synthetic, now  # noqa: E402
+from synthetic import Shape, Synthetic, now, to_record  # noqa: E402
 
 from proxy.records import RequestRecord  # noqa: E402
-from proxy.store.tables import TOKEN_FIELDS  # noqa: E402
-from proxy.usage import Usage  # noqa: E402
 
 TEMPLATES = 20_000
 
@@ -73,15 +71,6 @@ def templates(count: int, seed: int) -> list[RequestRecord]:
         if len(rows) >= count:
             break
     return [to_record(row) for row in rows[:count]]
-
-
-def to_record(row: dict[str, Any]) -> RequestRecord:
-    usage = None
-    if row["prompt_tokens"] is not None:
-        usage = Usage(**{name: row[name] for name in TOKEN_FIELDS})
-    fields = {k: v for k, v in row.items() if k not in TOKEN_FIELDS}
-    fields["properties"] = json.loads(row["properties"])
-    return RequestRecord(**fields, usage=usage)
 
 
 def fresh(template: RequestRecord, rand: random.Random) -> RequestRecord:

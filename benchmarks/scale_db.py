@@ -11,6 +11,7 @@ derives ``sessions`` from them as the writer would have kept it, and runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -213,9 +214,13 @@ def _run_tasks(
     """``work`` over the hours in tasks of a day, on ``jobs`` processes, results in order."""
     tasks = _tasks(shape)
     started = time.perf_counter()
-    context = multiprocessing.get_context("fork")
-    with context.Pool(jobs) as pool:
-        for done, result in enumerate(pool.imap(work, tasks), 1):
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs))
+            results = pool.imap(work, tasks)
+        else:
+            results = map(work, tasks)
+        for done, result in enumerate(results, 1):
             yield result
             if done % 5 == 0 or done == len(tasks):
                 elapsed = time.perf_counter() - started

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+from proxy.records import RequestRecord
+from proxy.store.tables import TOKEN_FIELDS
+from proxy.usage import Usage
 
 ENVS = (("prod", 0.75), ("staging", 0.18), ("dev", 0.07))
 TEAMS = tuple(f"team-{name}" for name in ("search", "support", "growth", "data", "infra",
@@ -295,6 +300,16 @@ _NO_USAGE: dict[str, Any] = {
     "price_source": None,
     "price_version": None,
 }
+
+
+def to_record(row: dict[str, Any]) -> RequestRecord:
+    """The ``RequestRecord`` the proxy would have made for ``row``."""
+    usage = None
+    if row["prompt_tokens"] is not None:
+        usage = Usage(**{name: row[name] for name in TOKEN_FIELDS})
+    fields = {k: v for k, v in row.items() if k not in TOKEN_FIELDS}
+    fields["properties"] = json.loads(row["properties"])
+    return RequestRecord(**fields, usage=usage)
 
 
 def now() -> datetime:
