@@ -8,13 +8,16 @@ calls for every batch: COPY of the new rows, the session totals, budgets, and wh
 this checkout's writer keeps in the same transaction, e.g. rollups) in a loop, with batches
 of ``--batch`` realistic records (``synthetic.py``: users, sessions, models, properties,
 costs vary; fresh ids). ``--batch 500`` is a writer under full load (``database.max_batch``),
-small batches are a writer at moderate load. Prints per case records/s, and the CPU time
-per 1,000 records of the Postgres server and of the writers, from which the records/s of a
-dedicated database with more cores follows (the machine running this may be shared).
+small batches are a writer at moderate load. Prints per case records/s, the CPU time per
+1,000 records of the Postgres server and of the writers, from which the records/s of a
+dedicated database with more cores follows (the machine running this may be shared), and
+the WAL and the growth of ``requests`` (with its indexes) per record, for disks.
 
 Uses a throwaway local PostgreSQL (the tests' settings: durability off, so the figures are
-CPU, not disk), or ``--database-url`` (then the server's CPU is not measured). The table
-grows over the run; ``--prefill N`` stores N records first. No assertions: a benchmark.
+CPU, not disk), or ``--database-url`` (then the server's CPU is not measured), or with
+``--reuse DIR`` the Postgres that ``query_scale.py --keep DIR`` kept, so that the writes go
+into a table of millions of rows (they stay there). The table grows over the run;
+``--prefill N`` stores N records first. No assertions: a benchmark.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from overhead import process_tree  # noqa: E402
-from scale_db import migrate  # noqa: E402
+from scale_db import KeptPostgres, migrate, query_value  # noqa: E402
 from synthetic import Shape, Synthetic, now, to_record  # noqa: E402
 
 from proxy.records import RequestRecord  # noqa: E402
 
 TEMPLATES = 20_000
+GROWTH = (
+    "SELECT ROW(pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'), pg_total_relation_size('requests'))"
+)
 
 
 @dataclass
@@ -53,6 +59,9 @@ class Case:
     seconds: float
     postgres_cpu: float | None
     writers_cpu: float
+    wal_bytes: int
+    table_bytes: int
+    """Growth of ``requests`` with its indexes (and TOAST)."""
 
     @property
     def rate(self) -> float:
@@ -127,13 +136,18 @@ def run_case(
     start.wait()
     began = time.perf_counter()
     postgres_before = server_cpu(postmaster) if postmaster else 0.0
+    wal_before, table_before = query_value(url, GROWTH)
     done = [results.get(timeout=seconds + 300) for _ in processes]
     elapsed = time.perf_counter() - began
     for process in processes:
         process.join(60)
     postgres_cpu = server_cpu(postmaster) - postgres_before if postmaster else None
+    wal_after, table_after = query_value(url, GROWTH)
     stored, cpu = (sum(values) for values in zip(*done, strict=True))
-    return Case(writers, batch, int(stored), elapsed, postgres_cpu, cpu)
+    return Case(
+        writers, batch, int(stored), elapsed, postgres_cpu, cpu,
+        int(wal_after - wal_before), table_after - table_before,
+    )  # fmt: skip
 
 
 def server_cpu(postmaster: int) -> float:
@@ -180,7 +194,9 @@ def print_case(case: Case) -> None:
     print(
         f"{case.writers:>7} {case.batch:>6} {case.rate:>10,.0f} "
         f"{ms(case.per_thousand(case.postgres_cpu)):>14} "
-        f"{ms(case.per_thousand(case.writers_cpu)):>14}",
+        f"{ms(case.per_thousand(case.writers_cpu)):>14} "
+        f"{case.wal_bytes / max(1, case.records):>10,.0f} "
+        f"{case.table_bytes / max(1, case.records):>10,.0f}",
         flush=True,
     )
 
@@ -192,11 +208,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--database-url", help="default: a throwaway local PostgreSQL")
     parser.add_argument("--prefill", type=int, default=0, help="records stored first")
+    parser.add_argument(
+        "--reuse", type=Path, metavar="DIR", help="write into query_scale.py's kept Postgres DIR"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
-    server = None
+    server: Any = None
     url = args.database_url
-    if url is None:
+    if args.reuse is not None:
+        # The kept database of query_scale.py: writes into a table of millions of rows.
+        server = KeptPostgres(args.reuse / "postgres", {})
+        server.start()
+        url = server.url("qscale")
+    elif url is None:
         from tests.support.postgres import PostgresServer
 
         server = PostgresServer()
@@ -209,7 +233,7 @@ def main() -> int:
         if not args.json:
             print(f"{multiprocessing.cpu_count()} CPUs; CPU ms per 1,000 records:")
             print(f"{'writers':>7} {'batch':>6} {'records/s':>10} {'postgres CPU':>14} "
-                  f"{'writers CPU':>14}")  # fmt: skip
+                  f"{'writers CPU':>14} {'WAL B/rec':>10} {'disk B/rec':>10}")  # fmt: skip
         for batch in args.batch:
             for writers in args.writers:
                 case = run_case(url, postmaster_pid(server), writers, batch, args.seconds)
