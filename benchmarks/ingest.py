@@ -46,8 +46,11 @@ from synthetic import Shape, Synthetic, now, to_record  # noqa: E402
 from proxy.records import RequestRecord  # noqa: E402
 
 TEMPLATES = 20_000
+# Summed over the partitions, if ``requests`` has them (a partitioned parent has no size).
 GROWTH = (
-    "SELECT ROW(pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'), pg_total_relation_size('requests'))"
+    "SELECT ROW(pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'),"
+    " COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('requests')),"
+    " pg_total_relation_size('requests')))"
 )
 
 
@@ -146,7 +149,7 @@ def run_case(
     stored, cpu = (sum(values) for values in zip(*done, strict=True))
     return Case(
         writers, batch, int(stored), elapsed, postgres_cpu, cpu,
-        int(wal_after - wal_before), table_after - table_before,
+        int(wal_after - wal_before), int(table_after - table_before),
     )  # fmt: skip
 
 
