@@ -11,7 +11,7 @@ costs vary; fresh ids). ``--batch 500`` is a writer under full load (``database.
 small batches are a writer at moderate load. Prints per case records/s, the CPU time per
 1,000 records of the Postgres server and of the writers, from which the records/s of a
 dedicated database with more cores follows (the machine running this may be shared), and
-the WAL and the growth of ``requests`` (with its indexes) per record, for disks.
+the WAL and the growth of the database (tables and indexes) per record, for disks.
 
 Uses a throwaway local PostgreSQL (the tests' settings: durability off, so the figures are
 CPU, not disk), or ``--database-url`` (then the server's CPU is not measured), or with
@@ -46,11 +46,9 @@ from synthetic import Shape, Synthetic, now, to_record  # noqa: E402
 from proxy.records import RequestRecord  # noqa: E402
 
 TEMPLATES = 20_000
-# Summed over the partitions, if ``requests`` has them (a partitioned parent has no size).
+# Everything the writes add to the disk: requests (and its partitions), sessions, rollups.
 GROWTH = (
-    "SELECT ROW(pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'),"
-    " COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('requests')),"
-    " pg_total_relation_size('requests')))"
+    "SELECT ROW(pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'), pg_database_size(current_database()))"
 )
 
 
@@ -63,8 +61,8 @@ class Case:
     postgres_cpu: float | None
     writers_cpu: float
     wal_bytes: int
-    table_bytes: int
-    """Growth of ``requests`` with its indexes (and TOAST)."""
+    database_bytes: int
+    """Growth of the database: every table the writer writes, with indexes."""
 
     @property
     def rate(self) -> float:
@@ -139,17 +137,17 @@ def run_case(
     start.wait()
     began = time.perf_counter()
     postgres_before = server_cpu(postmaster) if postmaster else 0.0
-    wal_before, table_before = query_value(url, GROWTH)
+    wal_before, size_before = query_value(url, GROWTH)
     done = [results.get(timeout=seconds + 300) for _ in processes]
     elapsed = time.perf_counter() - began
     for process in processes:
         process.join(60)
     postgres_cpu = server_cpu(postmaster) - postgres_before if postmaster else None
-    wal_after, table_after = query_value(url, GROWTH)
+    wal_after, size_after = query_value(url, GROWTH)
     stored, cpu = (sum(values) for values in zip(*done, strict=True))
     return Case(
         writers, batch, int(stored), elapsed, postgres_cpu, cpu,
-        int(wal_after - wal_before), int(table_after - table_before),
+        int(wal_after - wal_before), int(size_after - size_before),
     )  # fmt: skip
 
 
@@ -199,7 +197,7 @@ def print_case(case: Case) -> None:
         f"{ms(case.per_thousand(case.postgres_cpu)):>14} "
         f"{ms(case.per_thousand(case.writers_cpu)):>14} "
         f"{case.wal_bytes / max(1, case.records):>10,.0f} "
-        f"{case.table_bytes / max(1, case.records):>10,.0f}",
+        f"{case.database_bytes / max(1, case.records):>10,.0f}",
         flush=True,
     )
 
