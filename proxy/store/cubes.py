@@ -157,9 +157,14 @@ def finest_cells(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Finest:
 def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[str, Any]]:
     """The cells that ``rows`` (``requests`` rows) add to, with their sums, sorted by key
     (``sign=-1``: the sums negated)."""
+    return cells_from_finest(finest_cells(rows, sign))
+
+
+def cells_from_finest(finest: Finest) -> list[dict[str, Any]]:
+    """Every cube's cells summed from the finest cells, sorted by key."""
     cells: Finest = {}
     with localcontext(EXACT):
-        for (hour, *plain, properties), measures in finest_cells(rows, sign).items():
+        for (hour, *plain, properties), measures in finest.items():
             day = hour.replace(hour=0)
             for cube, grains, positions in _LAYOUT:
                 values = tuple(plain[i] for i in positions)

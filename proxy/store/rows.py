@@ -74,8 +74,8 @@ async def _write_rows(
         inserted_ids = await insert_requests(connection, rows)
         inserted = [row for row in rows if row["id"] in inserted_ids]
         await _upsert_sessions(connection, inserted)
-        await add_to_rollups(connection, inserted)
         await settle_budgets(connection, inserted)
+        await add_to_rollups(connection, inserted)  # last: it changes the plan cache mode
     return len(inserted_ids)
 
 
