@@ -136,9 +136,21 @@ def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[s
             key = (
                 bucket_start(row["created_at"], "hour"),
                 *(row[name] for name in PLAIN_DIMENSIONS),
-                _properties(row["properties"]),
+                property_pairs(row["properties"]),
             )
-            _add(finest, key, record_measures(row))
+            add_measures(finest, key, record_measures(row))
+        return rollup_finest(finest, sign)
+
+
+def rollup_finest(
+    finest: Mapping[tuple[Any, ...], list[Any]], sign: int = 1
+) -> list[dict[str, Any]]:
+    """The cells that finest cells add to, sorted by key; see ``rollup_rows``.
+
+    A finest cell's key is ``(hour, *PLAIN_DIMENSIONS values, property_pairs(...))`` and its
+    value the measures in ``MEASURES`` order: a rebuild sums raw rows into these in SQL.
+    """
+    with localcontext(EXACT):
         cells: dict[tuple[Any, ...], list[Any]] = {}
         for (hour, *plain, properties), measures in finest.items():
             day = hour.replace(hour=0)
@@ -148,9 +160,11 @@ def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[s
                     bucket = day if grain == "day" else hour
                     if cube.has_property:
                         for name, value in properties:
-                            _add(cells, (cube, grain, bucket, (name, value, *values)), measures)
+                            add_measures(
+                                cells, (cube, grain, bucket, (name, value, *values)), measures
+                            )
                     else:
-                        _add(cells, (cube, grain, bucket, values), measures)
+                        add_measures(cells, (cube, grain, bucket, values), measures)
         result = [_cell_row(key, measures, sign) for key, measures in cells.items()]
     # A fixed order of row locks across replicas keeps concurrent batches from deadlocking.
     result.sort(key=lambda cell: (cell["cube"], cell["grain"], cell["bucket_start"], cell["cell"]))
@@ -170,15 +184,19 @@ _LAYOUT: Final = tuple(
 """Per cube: its grains and where its plain dimensions sit in a finest cell's key."""
 
 
-def _add(sums: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], more: list[Any]) -> None:
+def add_measures(
+    sums: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], more: list[Any]
+) -> None:
+    """Add ``more`` (measures in ``MEASURES`` order) to the sums kept under ``key``."""
     known = sums.get(key)
     sums[key] = list(more) if known is None else [a + b for a, b in zip(known, more, strict=True)]
 
 
-def _properties(properties: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+def property_pairs(properties: Any) -> tuple[tuple[str, str], ...]:
     """A row's properties as the usage API reads them (``properties ->> name``): text values,
-    JSON text for other JSON values (rows imported by SQL), and a null value as no value."""
-    if not properties:
+    JSON text for other JSON values (rows imported by SQL), and a null value as no value.
+    Anything but a JSON object (an array put in by SQL) has no property ``->>`` can read."""
+    if not properties or not isinstance(properties, Mapping):
         return ()
     return tuple(
         sorted(
