@@ -36,7 +36,7 @@ from proxy.store.cubes import (
     property_pairs,
     rollup_finest,
 )
-from proxy.store.rollups import mark_complete, write_cells
+from proxy.store.rollups import mark_complete, rollups_complete, write_cells
 from proxy.store.tables import TOKEN_FIELDS, requests, rollups
 from proxy.store.types import EXACT
 
@@ -125,8 +125,7 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
             delete(rollups).where(rollups.c.bucket_start >= day, rollups.c.bucket_start < day + DAY)
         )
         day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for hour in range(24):
-            finest = await _finest_cells(connection, day + hour * HOUR)
+        async for finest in _finest_by_hour(connection, day):
             records += sum(measures[0] for measures in finest.values())
             cells = rollup_finest(finest)
             hourly = [cell for cell in cells if cell["grain"] == "hour"]
@@ -174,30 +173,57 @@ def _measure_columns() -> list[Any]:
     return [sums[name].label(name) for name in MEASURES]
 
 
-async def _finest_cells(
-    connection: AsyncConnection, hour: datetime
-) -> dict[tuple[Any, ...], list[Any]]:
-    """The hour's raw rows summed by every dimension and their properties as stored."""
+def _hour_of_row(dialect_name: str) -> Any:
+    """SQL for the UTC hour of a row's ``created_at``: a naive timestamp on Postgres (whatever
+    the session's time zone), text on SQLite (which stores UTC text)."""
+    if dialect_name == "postgresql":
+        return func.date_trunc("hour", func.timezone("UTC", requests.c.created_at))
+    return func.strftime("%Y-%m-%d %H:00:00", requests.c.created_at)
+
+
+def _as_hour(value: Any) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC)
+
+
+async def _finest_by_hour(
+    connection: AsyncConnection, day: datetime
+) -> AsyncIterator[dict[tuple[Any, ...], list[Any]]]:
+    """The day's raw rows summed by hour, every dimension and their properties as stored:
+    one query, streamed, yielding the finest cells of one hour at a time."""
     c = requests.c
+    hour = _hour_of_row(connection.dialect.name).label("hour")
     stored = cast(c.properties, Text)  # the JSON as written; parsed here as SQLAlchemy would
     dimensions = [c[name] for name in PLAIN_DIMENSIONS]
     query = (
-        select(*dimensions, stored.label("properties"), *_measure_columns())
-        .where(c.created_at >= hour, c.created_at < hour + HOUR)
-        .group_by(*dimensions, stored)
+        select(hour, *dimensions, stored.label("properties"), *_measure_columns())
+        .where(c.created_at >= day, c.created_at < day + DAY)
+        .group_by(hour, *dimensions, stored)
+        .order_by(hour)
     )
     finest: dict[tuple[Any, ...], list[Any]] = {}
     parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+    current: Any = None
+    at = day
+    first_measure = len(PLAIN_DIMENSIONS) + 2
     result = await connection.stream(query)
-    with localcontext(EXACT):
-        async for page in result.partitions(5000):
+    async for page in result.partitions(5000):
+        done: list[dict[tuple[Any, ...], list[Any]]] = []
+        with localcontext(EXACT):
             for row in page:
+                if row.hour != current:
+                    done.append(finest)
+                    finest, current, at = {}, row.hour, _as_hour(row.hour)
                 pairs = parsed.get(row.properties)
                 if pairs is None:
                     pairs = parsed[row.properties] = property_pairs(json.loads(row.properties))
-                key = (hour, *row[: len(PLAIN_DIMENSIONS)], pairs)
-                add_measures(finest, key, _measures(row[len(PLAIN_DIMENSIONS) + 1 :]))
-    return finest
+                key = (at, *row[1 : len(PLAIN_DIMENSIONS) + 1], pairs)
+                add_measures(finest, key, _measures(row[first_measure:]))
+        for hour_done in done:
+            if hour_done:
+                yield hour_done
+    if finest:
+        yield finest
 
 
 def _measures(sums: Any) -> list[Any]:
@@ -230,3 +256,35 @@ def day_of(moment: datetime) -> datetime:
     begins."""
     utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return bucket_start(utc, "day")
+
+
+async def incomplete_notice(engine: AsyncEngine) -> str | None:
+    """The line to show at start-up while the rollups lack records stored before them (a
+    database migrated from before rollups, see ``rollup_state``); None once they are
+    complete. Cheap: two ends of an index and, on Postgres, the planner's row estimate."""
+    async with engine.connect() as connection:
+        if await rollups_complete(connection):
+            return None
+    oldest, newest = await _record_span(engine)
+    held = ""
+    if oldest is not None and newest is not None:
+        estimate = await _estimated_records(engine)
+        about = f", about {estimate:,} records" if estimate else ""
+        held = f" (records from {oldest:%Y-%m-%d} to {newest:%Y-%m-%d}{about})"
+    return (
+        f"rollups: the records stored before the rollups existed{held} are not in them: "
+        "usage summaries read raw rows until `tallyproxy rollups rebuild` runs"
+    )
+
+
+async def _estimated_records(engine: AsyncEngine) -> int | None:
+    """Postgres' estimate of the rows of ``requests`` and its partitions, if it has one."""
+    if engine.dialect.name != "postgresql":
+        return None  # SQLite keeps no row count: counting 10 M rows is no start-up task
+    query = text(
+        "SELECT sum(reltuples) FROM pg_class WHERE reltuples > 0 AND (oid = 'requests'::regclass"
+        " OR oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'requests'::regclass))"
+    )
+    async with engine.connect() as connection:
+        estimate = await connection.scalar(query)
+    return int(estimate) if estimate else None
