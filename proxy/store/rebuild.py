@@ -36,6 +36,7 @@ from proxy.store.cubes import (
     property_pairs,
     rollup_finest,
 )
+from proxy.store.rebuild_postgres import rebuild_day_postgres
 from proxy.store.rollups import mark_complete, rollups_complete, write_cells
 from proxy.store.tables import TOKEN_FIELDS, requests, rollups
 from proxy.store.types import EXACT
@@ -124,6 +125,8 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
         await connection.execute(
             delete(rollups).where(rollups.c.bucket_start >= day, rollups.c.bucket_start < day + DAY)
         )
+        if connection.dialect.name == "postgresql":
+            return await rebuild_day_postgres(connection, day)
         day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
         async for finest in _finest_by_hour(connection, day):
             records += sum(measures[0] for measures in finest.values())

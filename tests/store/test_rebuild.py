@@ -8,7 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.records import RequestRecord
@@ -141,3 +141,40 @@ async def test_records_written_during_a_rebuild_count_exactly_once(engine: Async
             select(func.sum(rollups.c.requests)).where(rollups.c.cube == "total")
         )
     assert total == 1500 + written
+
+
+IMPORTED_PROPERTIES = [
+    '{"env": "prod", "n": 1, "m": 1.0, "flag": true, "gone": null}',
+    '{"n": "1", "nested": {"a": [1, "x"]}, "u": "\\u00e9t\\u00e9", "env": "pr\\u006fd"}',
+    '{"m": 1.00, "big": 12345678901234567890, "e": 1e2}',
+    '["not", "an", "object"]',
+    "{}",
+]
+
+
+async def test_property_values_put_in_by_sql_count_as_the_api_reads_them(
+    engine: AsyncEngine,
+) -> None:
+    """JSON that only SQL writes (numbers, booleans, nulls, nested values, escapes, an array)
+    sums to the cells ``rollup_rows`` makes of the same rows."""
+    at = T0.strftime("%Y-%m-%d %H:%M:%S")
+    async with engine.begin() as connection:
+        for n, properties in enumerate(IMPORTED_PROPERTIES * 3):
+            await connection.execute(
+                text(
+                    "INSERT INTO requests (id, created_at, user_id, properties, total_tokens)"
+                    f" VALUES ('imported-{n}', '{at}', 'u{n % 2}', :properties, {n})"
+                ),
+                {"properties": properties},
+            )
+    await rebuild_rollups(engine)
+    await assert_rollups_match_raw_rows(engine)
+    cells = await stored_cells(engine)
+    values = {
+        (c["property_name"], c["property_value"]): c["requests"]
+        for c in cells.values()
+        if c["cube"] == "property" and c["grain"] == "hour"
+    }
+    assert values[("n", "1")] == 6  # the number 1 and the string "1"
+    assert values[("m", "1.0")] == 6  # 1.0 and 1.00, as Python reads both
+    assert values[("env", "prod")] == 6 and ("gone", "null") not in values
