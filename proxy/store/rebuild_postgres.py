@@ -88,29 +88,51 @@ def _mask(columns: tuple[str, ...]) -> int:
     return sum(1 << (bits - i) for i, name in enumerate(_GROUPED) if name not in columns)
 
 
-def _query(with_property: bool) -> tuple[str, dict[int, tuple[str, str]]]:
-    """The statement and, by ``GROUPING()`` value, which cube and grain a result row is."""
+Layout = dict[int, tuple[str, str, tuple[int, ...], bool]]
+"""By ``GROUPING()`` value: the cube and grain of a result row, where the cube's dimensions
+are in the row (in the cube's order, the order ``cell_id`` hashes them in, as
+``rollup_finest`` does) and whether it is a property cube."""
+
+_FIRST_DIMENSION: Final = 3
+"""A result row: GROUPING(), hour, a non-string property value (JSON), then the ``rollups``
+columns from ``model`` on: the dimensions, property name and value, the sums."""
+
+
+def _query(with_property: bool) -> tuple[str, Layout]:
+    """The statement, and how to read its result rows."""
     sets = _sets(with_property)
     extra = ["p.key", _STRING, _OTHER] if with_property else []
     grouping = ", ".join(
         "(" + ", ".join([*columns, *extra]) + ")" for _cube, _grain, columns in sets
     )
+    name, string, other = extra or ["NULL", "NULL", "NULL"]
     selected = ", ".join(
-        [f"GROUPING({', '.join(_GROUPED)})", *_GROUPED, *(extra or ["NULL", "NULL", "NULL"])]
+        [f"GROUPING({', '.join(_GROUPED)})", "hour", other, *PLAIN_DIMENSIONS, name, string]
     )
     source = _DAY_ROWS
     if with_property:
         source += f"{_PROPERTIES} WHERE json_typeof(p.value) <> 'null'"
     statement = f"SELECT {selected}, {_SUMS} FROM {source} GROUP BY GROUPING SETS ({grouping})"
-    layout = {_mask(columns): (cube.name, grain) for cube, grain, columns in sets}
+    layout = {
+        _mask(columns): (
+            cube.name,
+            grain,
+            tuple(
+                _FIRST_DIMENSION + PLAIN_DIMENSIONS.index(n)
+                for n in cube.dimensions
+                if n in PLAIN_DIMENSIONS
+            ),
+            cube.has_property,
+        )
+        for cube, grain, columns in sets
+    }
     return statement, layout
 
 
-_OTHER_AT: Final = 2 + len(PLAIN_DIMENSIONS) + 2
-"""Where a result row holds a property value that is not a JSON string."""
-
 _PLAIN_QUERY: Final = _query(with_property=False)
 _PROPERTY_QUERY: Final = _query(with_property=True)
+_NAME_AT: Final = _FIRST_DIMENSION + len(PLAIN_DIMENSIONS)
+_REQUESTS_AT: Final = len(_COLUMNS) - len(MEASURES)
 
 
 async def rebuild_day_postgres(connection: AsyncConnection, day: datetime) -> tuple[int, int]:
@@ -119,17 +141,25 @@ async def rebuild_day_postgres(connection: AsyncConnection, day: datetime) -> tu
     assert driver is not None
     records = written = 0
     others: list[dict[str, Any]] = []
+    hours: dict[datetime, datetime] = {}
     for statement, layout in (_PLAIN_QUERY, _PROPERTY_QUERY):
         batch: list[tuple[Any, ...]] = []
         cursor = driver.cursor(statement, day, day + timedelta(days=1), prefetch=FETCH_AHEAD)
         async for row in cursor:
-            cube, grain = layout[row[0]]
-            cell = _cell(cube, grain, day, tuple(row))
+            cube, grain, positions, has_property = layout[row[0]]
+            dimensions = tuple(row[i] for i in positions)
+            if has_property:
+                if row[2] is not None:  # a value that is not a JSON string: rare, upserted
+                    others.append(_renamed(cube, grain, day, row))
+                    continue
+                dimensions = (row[_NAME_AT], row[_NAME_AT + 1], *dimensions)
+            if grain == "day":
+                bucket = day
+            else:
+                bucket = hours.get(row[1]) or hours.setdefault(row[1], row[1].replace(tzinfo=UTC))
+            cell = (cube, grain, bucket, cell_id(dimensions), *row[_FIRST_DIMENSION:])
             if cube == "total" and grain == "hour":
-                records += cell[len(_COLUMNS) - len(MEASURES)]
-            if row[_OTHER_AT] is not None:  # a property value that is not a JSON string
-                others.append(dict(zip(_COLUMNS, cell, strict=True)))
-                continue
+                records += cell[_REQUESTS_AT]
             batch.append(cell)
             if len(batch) >= COPY_BATCH:
                 written += await _copy(driver, batch)
@@ -139,25 +169,15 @@ async def rebuild_day_postgres(connection: AsyncConnection, day: datetime) -> tu
     return records, written + len(merged)
 
 
-def _cell(cube: str, grain: str, day: datetime, row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A result row as a ``rollups`` row: (GROUPING, hour, *dims, name, string, other, sums)."""
-    _mask_value, hour, *rest = row
-    plain = rest[: len(PLAIN_DIMENSIONS)]
-    name, string, other = rest[len(PLAIN_DIMENSIONS) : len(PLAIN_DIMENSIONS) + 3]
-    sums = rest[len(PLAIN_DIMENSIONS) + 3 :]
-    value = string if other is None else _as_text(json.loads(other))
-    dimensions = tuple(plain[i] for i in _POSITIONS[cube])
-    values = dimensions if name is None else (name, value, *dimensions)
-    bucket = day if grain == "day" else hour.replace(tzinfo=UTC)
-    return (cube, grain, bucket, cell_id(values), *plain, name, value, *sums)
-
-
-_POSITIONS: Final = {
-    cube.name: tuple(PLAIN_DIMENSIONS.index(n) for n in cube.dimensions if n in PLAIN_DIMENSIONS)
-    for cube in CUBES
-}
-"""Per cube: where its plain dimensions are among a result row's, in the cube's order (the
-order ``cell_id`` hashes them in, as ``rollup_finest`` does)."""
+def _renamed(cube: str, grain: str, day: datetime, row: Any) -> dict[str, Any]:
+    """A property cell whose value is not a JSON string, its value as Python reads it."""
+    values = list(row[_FIRST_DIMENSION:])
+    values[_NAME_AT + 1 - _FIRST_DIMENSION] = value = _as_text(json.loads(row[2]))
+    dimensions = tuple(row[i] for i in _PROPERTY_QUERY[1][row[0]][2])
+    bucket = day if grain == "day" else row[1].replace(tzinfo=UTC)
+    name = row[_NAME_AT]
+    cell = (cube, grain, bucket, cell_id((name, value, *dimensions)), *values)
+    return dict(zip(_COLUMNS, cell, strict=True))
 
 
 def _as_text(value: Any) -> str:
