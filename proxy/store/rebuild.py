@@ -29,6 +29,7 @@ from sqlalchemy import Text, case, cast, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.store.cubes import (
+    CUBES,
     MEASURES,
     PLAIN_DIMENSIONS,
     add_measures,
@@ -122,9 +123,7 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
     records were summed and how many cells written."""
     records = cells_written = 0
     async with _writers_shut_out(engine) as connection:
-        await connection.execute(
-            delete(rollups).where(rollups.c.bucket_start >= day, rollups.c.bucket_start < day + DAY)
-        )
+        await _delete_day(connection, day)
         if connection.dialect.name == "postgresql":
             return await rebuild_day_postgres(connection, day)
         day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -139,6 +138,22 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
         await write_cells(connection, daily, replace=True)
         cells_written += len(daily)
     return records, cells_written
+
+
+async def _delete_day(connection: AsyncConnection, day: datetime) -> None:
+    """Delete the day's cells of both grains, cube by cube: the primary key starts with cube
+    and grain, so each is an index range rather than a scan of every day's cells."""
+    c = rollups.c
+    for cube in CUBES:
+        for grain in cube.grains:
+            await connection.execute(
+                delete(rollups).where(
+                    c.cube == cube.name,
+                    c.grain == grain,
+                    c.bucket_start >= day,
+                    c.bucket_start < day + DAY,
+                )
+            )
 
 
 @asynccontextmanager
