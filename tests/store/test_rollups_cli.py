@@ -4,6 +4,7 @@ a database migrated from before rollups, and what start-up says about it."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +13,11 @@ from alembic import command
 from sqlalchemy import func, select, text
 
 from proxy.cli import main
+from proxy.commands.rollups import ProgressLine, format_rebuild_report
 from proxy.store.availability import Schema
 from proxy.store.engine import create_engine
 from proxy.store.migrate import alembic_config, upgrade_database
+from proxy.store.rebuild import DayDone, RebuildReport
 from proxy.store.rollups import rollups_complete
 from proxy.store.rows import write_records
 from proxy.store.tables import rollups
@@ -143,3 +146,24 @@ async def test_start_up_logs_the_same_line(
             assert not await rollups_complete(connection)
     finally:
         await engine.dispose()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_says_the_time_left() -> None:
+    terminal = _Terminal()
+    show = ProgressLine(terminal)
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+    show(DayDone(day, 1, 4, 1000, 2.0))
+    show(DayDone(day + timedelta(days=1), 2, 4, 3000, 4.0))
+    show.finish()
+    text = terminal.getvalue()
+    assert text.count("\r\x1b[K") == 2 and text.endswith("\n") and text.count("\n") == 1
+    assert "2026-11-02 day 2/4, 3,000 records, 750 records/s, ETA 0:00:04" in text
+
+
+def test_an_empty_database_has_nothing_to_rebuild() -> None:
+    assert "nothing to rebuild" in format_rebuild_report(RebuildReport(complete=True))
