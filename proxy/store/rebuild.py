@@ -38,7 +38,7 @@ from proxy.store.cubes import (
     rollup_finest,
 )
 from proxy.store.rebuild_postgres import rebuild_day_postgres
-from proxy.store.rollups import mark_complete, rollups_complete, write_cells
+from proxy.store.rollups import mark_complete, rollups_complete
 from proxy.store.tables import TOKEN_FIELDS, requests, rollups
 from proxy.store.types import EXACT
 
@@ -131,11 +131,11 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
             records += sum(measures[0] for measures in finest.values())
             cells = rollup_finest(finest)
             hourly = [cell for cell in cells if cell["grain"] == "hour"]
-            await write_cells(connection, hourly, replace=True)
+            await _insert_cells(connection, hourly)
             cells_written += len(hourly)
             _merge(day_cells, (cell for cell in cells if cell["grain"] == "day"))
         daily = sorted(day_cells.values(), key=_cell_key)
-        await write_cells(connection, daily, replace=True)
+        await _insert_cells(connection, daily)
         cells_written += len(daily)
     return records, cells_written
 
@@ -189,6 +189,28 @@ def _measure_columns() -> list[Any]:
         "latency_ms_sum": func.sum(c.latency_ms),
     }
     return [sums[name].label(name) for name in MEASURES]
+
+
+async def _insert_cells(connection: AsyncConnection, cells: list[dict[str, Any]]) -> None:
+    """Insert cells into the emptied day: plain INSERTs, the values converted once here and
+    handed to the driver (SQLAlchemy's per-row parameter handling was a third of the time).
+    The day is empty and writers are shut out, so a conflict would be a bug: it raises."""
+    if not cells:
+        return
+    dialect = connection.dialect
+    converters = [
+        (column.name, column.type.dialect_impl(dialect).bind_processor(dialect))
+        for column in rollups.columns
+    ]
+    names = ", ".join(name for name, _ in converters)
+    marks = ", ".join("?" for _ in converters)
+    rows = [
+        tuple(
+            cell[name] if convert is None else convert(cell[name]) for name, convert in converters
+        )
+        for cell in cells
+    ]
+    await connection.exec_driver_sql(f"INSERT INTO rollups ({names}) VALUES ({marks})", rows)
 
 
 def _hour_of_row(dialect_name: str) -> Any:

@@ -178,3 +178,20 @@ async def test_property_values_put_in_by_sql_count_as_the_api_reads_them(
     assert values[("n", "1")] == 6  # the number 1 and the string "1"
     assert values[("m", "1.0")] == 6  # 1.0 and 1.00, as Python reads both
     assert values[("env", "prod")] == 6 and ("gone", "null") not in values
+
+
+async def test_a_record_written_after_a_rebuild_adds_to_the_rebuilt_cells(
+    engine: AsyncEngine,
+) -> None:
+    """Rebuilt cells have the keys the writer's upsert finds (on SQLite: the same text for
+    the same bucket), so a later record grows them instead of making look-alikes."""
+    await write_records(engine, [make_record(properties={"env": "prod"})])
+    await _snapshot_then_wipe(engine)
+    await rebuild_rollups(engine)
+    count = select(func.count()).select_from(rollups)
+    async with engine.connect() as connection:
+        cells = await connection.scalar(count)
+    await write_records(engine, [make_record(minutes=1, properties={"env": "prod"})])
+    async with engine.connect() as connection:
+        assert await connection.scalar(count) == cells
+    await assert_rollups_match_raw_rows(engine)
