@@ -89,7 +89,8 @@ def format_rebuild_report(report: RebuildReport) -> str:
     span = f"{report.first_day:%Y-%m-%d} to {report.last_day:%Y-%m-%d}"
     line = (
         f"tallyproxy: rebuilt the rollups of {report.days} days ({span}) from "
-        f"{report.records:,} records in {report.seconds:.1f} s ({rate:,.0f} records/s)"
+        f"{report.records:,} records into {report.cells:,} cells in {report.seconds:.1f} s "
+        f"({rate:,.0f} records/s)"
     )
     if report.complete:
         return f"{line}; they hold every stored record"
