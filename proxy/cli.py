@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.commands import budgets, keys, migrate, prune, report, reprice, serve
+from proxy.commands import budgets, keys, migrate, prune, report, reprice, rollups, serve
 from proxy.config import ConfigError, load_settings
 
-COMMANDS = (serve, migrate, reprice, report, prune, keys, budgets)
+COMMANDS = (serve, migrate, reprice, report, prune, rollups, keys, budgets)
 
 # Flags that override a setting, whichever command has them.
 FLAG_SETTINGS: dict[str, tuple[str, ...]] = {

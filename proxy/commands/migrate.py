@@ -19,10 +19,14 @@ def register(commands: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    async def upgrade() -> None:
-        async with migrated_database(settings):
-            pass
+    async def upgrade() -> str | None:
+        from proxy.store.rebuild import incomplete_notice
 
-    asyncio.run(upgrade())
+        async with migrated_database(settings) as engine:
+            return await incomplete_notice(engine)
+
+    notice = asyncio.run(upgrade())
     print(f"tallyproxy: database at {settings.database.url.split('@')[-1]} is up to date")
+    if notice is not None:
+        print(f"tallyproxy: {notice}")
     return 0

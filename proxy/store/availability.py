@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
+from proxy.store.rebuild import incomplete_notice
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ class Schema:
 
     async def _migrate(self) -> None:
         self.revision = await upgrade_database(self._engine)
+        notice = await incomplete_notice(self._engine)
+        if notice is not None:
+            log.warning("%s", notice)
         self.ready = True
 
     async def _keep_trying(self) -> None:

@@ -146,9 +146,9 @@ def finest_cells(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Finest:
             key = (
                 bucket_start(row["created_at"], "hour"),
                 *(row[name] for name in PLAIN_DIMENSIONS),
-                _properties(row["properties"]),
+                property_pairs(row["properties"]),
             )
-            _add(finest, key, record_measures(row))
+            add_measures(finest, key, record_measures(row))
     if sign < 0:
         return {key: [-value for value in measures] for key, measures in finest.items()}
     return finest
@@ -157,11 +157,15 @@ def finest_cells(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Finest:
 def rollup_rows(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> list[dict[str, Any]]:
     """The cells that ``rows`` (``requests`` rows) add to, with their sums, sorted by key
     (``sign=-1``: the sums negated)."""
-    return cells_from_finest(finest_cells(rows, sign))
+    return rollup_finest(finest_cells(rows, sign))
 
 
-def cells_from_finest(finest: Finest) -> list[dict[str, Any]]:
-    """Every cube's cells summed from the finest cells, sorted by key."""
+def rollup_finest(finest: Mapping[tuple[Any, ...], list[Any]]) -> list[dict[str, Any]]:
+    """Every cube's cells summed from the finest cells, sorted by key.
+
+    A finest cell's key is ``(hour, *PLAIN_DIMENSIONS values, property_pairs(...))`` and its
+    value the measures in ``MEASURES`` order: a rebuild sums raw rows into these in SQL.
+    """
     cells: Finest = {}
     with localcontext(EXACT):
         for (hour, *plain, properties), measures in finest.items():
@@ -172,9 +176,11 @@ def cells_from_finest(finest: Finest) -> list[dict[str, Any]]:
                     bucket = day if grain == "day" else hour
                     if cube.has_property:
                         for name, value in properties:
-                            _add(cells, (cube, grain, bucket, (name, value, *values)), measures)
+                            add_measures(
+                                cells, (cube, grain, bucket, (name, value, *values)), measures
+                            )
                     else:
-                        _add(cells, (cube, grain, bucket, values), measures)
+                        add_measures(cells, (cube, grain, bucket, values), measures)
     result = [_cell_row(key, measures) for key, measures in cells.items()]
     # A fixed order of row locks across replicas keeps concurrent batches from deadlocking.
     result.sort(key=lambda cell: (cell["cube"], cell["grain"], cell["bucket_start"], cell["cell"]))
@@ -194,15 +200,17 @@ _LAYOUT: Final = tuple(
 """Per cube: its grains and where its plain dimensions sit in a finest cell's key."""
 
 
-def _add(sums: Finest, key: tuple[Any, ...], more: list[Any]) -> None:
+def add_measures(sums: Finest, key: tuple[Any, ...], more: list[Any]) -> None:
+    """Add ``more`` (measures in ``MEASURES`` order) to the sums kept under ``key``."""
     known = sums.get(key)
     sums[key] = list(more) if known is None else [a + b for a, b in zip(known, more, strict=True)]
 
 
-def _properties(properties: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+def property_pairs(properties: Any) -> tuple[tuple[str, str], ...]:
     """A row's properties as the usage API reads them (``properties ->> name``): text values,
-    JSON text for other JSON values (rows imported by SQL), and a null value as no value."""
-    if not properties:
+    JSON text for other JSON values (rows imported by SQL), and a null value as no value.
+    Anything but a JSON object (an array put in by SQL) has no property ``->>`` can read."""
+    if not properties or not isinstance(properties, Mapping):
         return ()
     return tuple(
         sorted(

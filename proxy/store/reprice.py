@@ -1,9 +1,9 @@
 """Recomputing stored costs after a price change, and saying what moved.
 
 Each record keeps its token counts, so its cost can be computed again with today's prices.
-Records and their session totals change together, page by page, each page in one
-transaction; session totals move by the difference only, so a writer adding new records at
-the same time (or another replica) is never overwritten.
+Records, their session totals and their rollup cells change together, page by page, each
+page in one transaction; totals and cells move by the difference only, so a writer adding
+new records at the same time (or another replica) is never overwritten.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from sqlalchemy import Row, and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.pricing import Cost
+from proxy.store.cubes import MEASURES, rollup_rows
+from proxy.store.rollups import write_cells
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
 from proxy.store.types import EXACT, MONEY_SCALE
 from proxy.usage import Usage
@@ -54,6 +56,7 @@ class _Update:
     session_id: str | None
     old: Decimal | None
     new: Cost | None
+    row: Row[Any]
 
 
 async def reprice(
@@ -124,7 +127,7 @@ def _examine(row: Row[Any], price: PriceFunction, report: RepriceReport) -> _Upd
     quantized = (
         None if new is None else Cost(new_usd or Decimal(0), new.source, new.version, new.priced_as)
     )
-    return _Update(row.id, row.session_id, old_usd, quantized)
+    return _Update(row.id, row.session_id, old_usd, quantized, row)
 
 
 async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
@@ -147,6 +150,13 @@ async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
         delta += (item.new.usd if item.new else Decimal(0)) - (item.old or Decimal(0))
         unpriced += (item.new is None) - (item.old is None)
         deltas[item.session_id] = (delta, unpriced)
+    await _move_sessions(connection, deltas)
+    await write_cells(connection, _rollup_difference(changed))
+
+
+async def _move_sessions(
+    connection: AsyncConnection, deltas: dict[str, tuple[Decimal, int]]
+) -> None:
     for session_id in sorted(deltas):
         delta, unpriced = deltas[session_id]
         new_unpriced = sessions.c.unpriced_requests + unpriced
@@ -162,3 +172,23 @@ async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
                 ),
             )
         )
+
+
+def _rollup_difference(changed: list[_Update]) -> list[dict[str, Any]]:
+    """What the repriced rows change in their cells: the new cost added, the old taken out.
+
+    A row's cells do not depend on its cost, so the old rows and the new ones make the same
+    cells in the same order, and each difference is one upsert (cost and unpriced move,
+    every other measure by zero).
+    """
+    old_rows = [dict(item.row._mapping) for item in changed]
+    new_rows = [
+        {**row, "cost_usd": None if item.new is None else item.new.usd}
+        for row, item in zip(old_rows, changed, strict=True)
+    ]
+    taken, added = rollup_rows(old_rows, sign=-1), rollup_rows(new_rows)
+    with localcontext(EXACT):
+        for minus, plus in zip(taken, added, strict=True):
+            for name in MEASURES:
+                plus[name] += minus[name]
+    return added

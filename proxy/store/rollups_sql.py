@@ -26,7 +26,7 @@ from proxy.store.cubes import (
     PROPERTY,
     Cube,
     Finest,
-    cells_from_finest,
+    rollup_finest,
 )
 from proxy.store.tables import rollups
 
@@ -49,7 +49,7 @@ async def add_finest(connection: AsyncConnection, finest: Finest) -> None:
     if not finest:
         return
     if len(finest) <= DERIVE_IN_PYTHON_UP_TO:
-        cells = cells_from_finest(finest)
+        cells = rollup_finest(finest)
         columns = [[cell[name] for cell in cells] for name in _CELL_COLUMNS]
         await connection.exec_driver_sql(_cells_statement(), tuple(columns))
         return

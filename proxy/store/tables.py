@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 
-from proxy.store.types import Money, UTCDateTime
+from proxy.store.types import EmptyJsonObject, Money, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -61,16 +61,18 @@ requests = Table(
     # identifies it.
     Column("id", String(32), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
-    Column("endpoint", String(512), nullable=False),
-    Column("method", String(16), nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("stream", Boolean, nullable=False),
+    # Server defaults for what a row put in by SQL (an import, a restore) cannot know:
+    # the proxy itself always writes every column.
+    Column("endpoint", String(512), nullable=False, server_default=text("''")),
+    Column("method", String(16), nullable=False, server_default=text("'POST'")),
+    Column("status_code", Integer, nullable=False, server_default=text("200")),
+    Column("stream", Boolean, nullable=False, server_default=text("false")),
     Column("model", String(256)),
     Column("response_model", String(256)),
-    Column("upstream", String(1024), nullable=False),
+    Column("upstream", String(1024), nullable=False, server_default=text("''")),
     Column("session_id", String(256)),
     Column("user_id", String(256)),
-    Column("properties", JSON, nullable=False),
+    Column("properties", JSON, nullable=False, server_default=EmptyJsonObject()),
     # Token counts are null when the usage is unknown, which is not the same as zero.
     *(Column(name, Integer) for name in TOKEN_FIELDS),
     Column("usage_source", String(16)),

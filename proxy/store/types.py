@@ -1,4 +1,5 @@
-"""Column types that behave the same on SQLite and Postgres: exact money and UTC datetimes."""
+"""Column types that behave the same on SQLite and Postgres: exact money and UTC datetimes
+(and a server default written the same way on both)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Numeric
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 MONEY_SCALE = 12
@@ -110,3 +113,21 @@ class UTCDateTime(TypeDecorator[datetime]):
     @property
     def python_type(self) -> type[datetime]:
         return datetime
+
+
+class EmptyJsonObject(ColumnElement[Any]):
+    """``'{}'`` as a JSON column's server default, written as each database reflects it
+    (Postgres adds a cast): a schema compared with ``tables`` then shows no difference, where
+    Postgres could not compare two JSON values to find them equal."""
+
+    inherit_cache = True
+
+
+@compiles(EmptyJsonObject)
+def _empty_json_object(element: EmptyJsonObject, compiler: Any, **kw: Any) -> str:
+    return "'{}'"
+
+
+@compiles(EmptyJsonObject, "postgresql")
+def _empty_json_object_postgres(element: EmptyJsonObject, compiler: Any, **kw: Any) -> str:
+    return "'{}'::json"
