@@ -31,9 +31,6 @@ from proxy.store.types import EXACT
 PLAIN_DIMENSIONS: Final = ("model", "user_id", "key_id", "endpoint", "upstream", "session_id")
 """Dimensions that are columns of ``requests``; ``property`` (name and value) is the other."""
 
-DETAIL: Final = PLAIN_DIMENSIONS[:-1]
-"""Every plain dimension but the session: sessions have a cube of their own."""
-
 PROPERTY: Final = "property"
 
 COUNTS: Final = ("requests", *TOKEN_FIELDS, "unpriced_requests", "error_requests",
@@ -67,30 +64,37 @@ CUBES: Final = (
     Cube("total", ()),
     Cube("model", ("model",)),
     Cube("endpoint", ("endpoint",)),
+    Cube("upstream", ("upstream",)),
     Cube("key", ("key_id",)),
     Cube("property", (PROPERTY,)),
     Cube("user", ("user_id",), _BOTH),
     Cube("session", ("session_id",), _BOTH),
     Cube("property_model", (PROPERTY, "model")),
-    Cube("model_user", ("model", "user_id"), _BOTH),
     Cube("property_user", (PROPERTY, "user_id"), _BOTH),
-    Cube("detail", DETAIL),
-    Cube("property_detail", (PROPERTY, *DETAIL)),
+    Cube("model_user", ("model", "user_id"), ("day",)),
 )
 """Smallest first, so the first cube covering a query's dimensions is the cheapest to read.
 
-Every cube is kept per hour. Cubes by user or session are kept per day as well: a thousand
-users make 720,000 hourly cells in 30 days, 30,000 daily ones, and a month's summary by user
-must not read the former. The small cubes (a few dozen cells an hour) are read hourly for any range.
+The small cubes (a few dozen cells an hour) are kept per hour and read hourly for any range.
+Cubes by user or session are kept per day as well: a thousand users make 720,000 hourly cells
+in 30 days, 30,000 daily ones, and a month's summary by user must not read the former.
+Model by user is kept per day only: per hour, 1,000 users and 20 models make nearly a cell
+per record, which would cost the writer as much again as the records, for a view whose
+partial days the records of the edges answer well enough (see ``proxy.store.rollup_reads``).
+Combinations no cube holds (a virtual key with a model, an endpoint with a user, ...) are
+selective filters: they are summed from the records, through their indexes.
 """
 
 CUBES_BY_NAME: Final = {cube.name: cube for cube in CUBES}
 
 
-def smallest_cube(needed: Iterable[str], grain: str = "hour") -> Cube | None:
-    """The cheapest cube kept at ``grain`` holding every dimension in ``needed``, or None."""
+def smallest_cube(needed: Iterable[str], grain: str | None = None) -> Cube | None:
+    """The cheapest cube holding every dimension in ``needed`` (kept at ``grain`` if given),
+    or None."""
     needed = set(needed)
-    return next((c for c in CUBES if grain in c.grains and c.covers(needed)), None)
+    return next(
+        (c for c in CUBES if (grain is None or grain in c.grains) and c.covers(needed)), None
+    )
 
 
 def bucket_start(moment: datetime, grain: str) -> datetime:

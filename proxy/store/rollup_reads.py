@@ -89,10 +89,14 @@ def plan_summary(group_by: str, filters: UsageFilters) -> SummaryPlan | None:
     base = None
     if group_by.startswith("property:") and filters.property_name is None:
         base = smallest_cube(needed - {PROPERTY})
-        if base is None:
+        if base is None or base.grains != cube.grains:
             return None
-    days = group_by != "hour" and all("day" in c.grains for c in (cube, base) if c is not None)
-    return SummaryPlan(group_by, cube, tuple(split_range(filters.since, filters.until, days)), base)
+    hours = "hour" in cube.grains
+    days = "day" in cube.grains and group_by != "hour"
+    if not (hours or days):
+        return None  # hourly groups from a cube kept per day only
+    spans = split_range(filters.since, filters.until, days=days, hours=hours)
+    return SummaryPlan(group_by, cube, tuple(spans), base)
 
 
 def _needed(group_by: str, filters: UsageFilters) -> tuple[set[str], set[str]]:
@@ -113,9 +117,14 @@ def _needed(group_by: str, filters: UsageFilters) -> tuple[set[str], set[str]]:
     return needed, properties
 
 
-def split_range(since: datetime | None, until: datetime | None, days: bool) -> list[Span]:
-    """``[since, until)`` as raw partial hours at the edges, whole hours and, with ``days``,
-    whole days; an open end stays open (the newest cells are as complete as the rows)."""
+def split_range(
+    since: datetime | None, until: datetime | None, *, days: bool, hours: bool = True
+) -> list[Span]:
+    """``[since, until)`` as raw partial hours (or, without ``hours``, partial days) at the
+    edges, whole hours and, with ``days``, whole days; an open end stays open (the newest
+    cells are as complete as the rows)."""
+    if not hours:
+        return _whole_days_and_raw_edges(since, until)
     first_hour = None if since is None else _ceil_hour(since)
     last_hour = None if until is None else _floor_hour(until)
     if first_hour is not None and last_hour is not None and first_hour >= last_hour:
@@ -135,6 +144,19 @@ def split_range(since: datetime | None, until: datetime | None, days: bool) -> l
         spans.append(Span("hour", first_hour, first_day))
     if last_hour is not None and last_day is not None and last_day < last_hour:
         spans.append(Span("hour", last_day, last_hour))
+    return [*spans, Span("day", first_day, last_day)]
+
+
+def _whole_days_and_raw_edges(since: datetime | None, until: datetime | None) -> list[Span]:
+    first_day = None if since is None else _ceil_day(since)
+    last_day = None if until is None else _floor_day(until)
+    if first_day is not None and last_day is not None and first_day >= last_day:
+        return [Span("raw", since, until)]
+    spans: list[Span] = []
+    if since is not None and first_day is not None and since < first_day:
+        spans.append(Span("raw", since, first_day))
+    if until is not None and last_day is not None and last_day < until:
+        spans.append(Span("raw", last_day, until))
     return [*spans, Span("day", first_day, last_day)]
 
 

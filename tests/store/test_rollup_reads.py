@@ -80,7 +80,7 @@ def at(hours: float) -> datetime:
 def test_a_range_splits_into_raw_edges_whole_hours_and_whole_days(
     since: datetime | None, until: datetime | None, days: bool, spans: list[Span]
 ) -> None:
-    assert split_range(since, until, days) == spans
+    assert split_range(since, until, days=days) == spans
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_a_range_splits_into_raw_edges_whole_hours_and_whole_days(
         ("property:env", UsageFilters(), "property", "total"),
         ("property:env", UsageFilters(model="m"), "property_model", "model"),
         ("property:env", UsageFilters(property_name="ENV", property_value="x"), "property", None),
-        ("endpoint", UsageFilters(key_id="k"), "detail", None),
+        ("model", UsageFilters(property_name="env", property_value="x"), "property_model", None),
         ("session", UsageFilters(), "session", None),
         ("day", UsageFilters(session_id="s"), "session", None),
     ],
@@ -111,11 +111,24 @@ def test_the_plan_reads_the_smallest_cube_that_answers(
     ("group_by", "filters"),
     [
         ("model", UsageFilters(session_id="s")),
+        ("endpoint", UsageFilters(key_id="k")),
+        ("hour", UsageFilters(user_id="u", model="m")),  # model by user is kept per day only
         ("property:team", UsageFilters(property_name="env", property_value="prod")),
     ],
 )
 def test_what_no_cube_answers_is_left_to_raw_rows(group_by: str, filters: UsageFilters) -> None:
     assert plan_summary(group_by, filters) is None
+
+
+def test_a_cube_kept_per_day_only_reads_records_for_the_partial_days() -> None:
+    plan = plan_summary("model", UsageFilters(user_id="u", since=at(1.5), until=at(73)))
+    assert plan is not None and plan.cube.name == "model_user"
+    assert plan.spans == (
+        Span("raw", at(1.5), at(24)),
+        Span("raw", at(72), at(73)),
+        Span("day", at(24), at(72)),
+    )
+    assert split_range(at(2), at(20), days=True, hours=False) == [Span("raw", at(2), at(20))]
 
 
 def test_hourly_groups_never_read_daily_cells() -> None:

@@ -90,13 +90,17 @@ def test_property_values_read_as_the_usage_api_reads_them() -> None:
         (("model",), "model"),
         (("user_id", "model"), "model_user"),
         (("property", "user_id"), "property_user"),
-        (("key_id", "model"), "detail"),
-        (("property", "endpoint"), "property_detail"),
+        (("upstream",), "upstream"),
     ],
 )
 def test_the_smallest_cube_covering_a_query_is_chosen(needed: tuple[str, ...], cube: str) -> None:
     chosen = smallest_cube(needed)
     assert chosen is not None and chosen.name == cube
+
+
+def test_no_cube_holds_selective_combinations() -> None:
+    assert smallest_cube(("key_id", "model")) is None
+    assert smallest_cube(("property", "endpoint")) is None
 
 
 async def _stored(engine: AsyncEngine, cube: str, grain: str = "hour") -> list[dict[str, Any]]:
