@@ -47,6 +47,7 @@ from overhead import free_port  # noqa: E402
 from scale_db import (  # noqa: E402
     ROOT,
     KeptPostgres,
+    analyze,
     fill,
     query_value,
     rebuild_rollups,
@@ -230,6 +231,8 @@ def prepare(args: argparse.Namespace, directory: Path, url: str) -> dict[str, An
             started = time.perf_counter()
             rebuild_rollups(url)
             meta["fill_seconds"]["rollups rebuild"] = time.perf_counter() - started
+        elif args.database == "postgres":
+            analyze(url)  # a kept database rebuilt before rebuilds analyzed
         return meta
     shape = Shape(records=args.records, end=now())
     say = (lambda _: None) if args.json else (lambda text: print(text, flush=True))

@@ -154,6 +154,11 @@ def virtual_keys_sql(shape: Shape) -> list[str]:
     return statements
 
 
+def analyze(url: str) -> None:
+    """Fresh planner statistics (the test server runs without autovacuum)."""
+    _run_sql(url, ["ANALYZE"])
+
+
 def _run_sql(url: str, statements: list[str]) -> None:
     if url.startswith("sqlite"):
         connection = sqlite3.connect(sqlite_path(url))
