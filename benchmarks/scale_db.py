@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ import asyncpg
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from synthetic import Shape, Synthetic
 
+from proxy.store.engine import create_engine
+from proxy.store.partitions import ensure_partitions
 from proxy.store.tables import TOKEN_FIELDS, requests
 from tests.support.postgres import _SETTINGS, PostgresServer, find_postgres_bin
 
@@ -97,6 +100,9 @@ def fill(url: str, shape: Shape, jobs: int, progress: Callable[[str], None]) -> 
     postgres = url.startswith("postgresql")
     put_rows = _copy_postgres if postgres else _insert_sqlite
     steps: list[tuple[str, Callable[[], None]]] = [
+        # A server that ran for these days made their partitions ahead of them: without,
+        # every row would land in the default partition (what an import into the past does).
+        *([("partitions", lambda: _make_partitions(url, shape))] if postgres else []),
         ("rows", lambda: put_rows(url, shape, jobs, progress)),
         ("sessions", lambda: _run_sql(url, [sessions_sql(), *virtual_keys_sql(shape)])),
     ]
@@ -111,6 +117,18 @@ def fill(url: str, shape: Shape, jobs: int, progress: Callable[[str], None]) -> 
         report.seconds[name] = time.perf_counter() - started
         progress(f"{name}: {report.seconds[name]:.1f} s")
     return report
+
+
+def _make_partitions(url: str, shape: Shape) -> None:
+    async def run() -> None:
+        engine = create_engine(url)
+        try:
+            first = (shape.end - timedelta(days=shape.days)).date()
+            await ensure_partitions(engine, first, shape.end.date())
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 def rollups_command_exists() -> bool:

@@ -61,12 +61,12 @@ class Cube:
 _BOTH = ("hour", "day")
 
 CUBES: Final = (
-    Cube("total", ()),
+    Cube("total", (), _BOTH),
     Cube("model", ("model",)),
     Cube("endpoint", ("endpoint",)),
     Cube("upstream", ("upstream",)),
     Cube("key", ("key_id",)),
-    Cube("property", (PROPERTY,)),
+    Cube("property", (PROPERTY,), _BOTH),
     Cube("user", ("user_id",), _BOTH),
     Cube("session", ("session_id",), _BOTH),
     Cube("property_model", (PROPERTY, "model")),
@@ -77,7 +77,9 @@ CUBES: Final = (
 
 The small cubes (a few dozen cells an hour) are kept per hour and read hourly for any range.
 Cubes by user or session are kept per day as well: a thousand users make 720,000 hourly cells
-in 30 days, 30,000 daily ones, and a month's summary by user must not read the former.
+in 30 days, 30,000 daily ones, and a month's summary by user must not read the former. So are
+the total and the property cube (a day is a few dozen cells), which a summary by property
+subtracts from one another and so must read at the same grain.
 Model by user is kept per day only: per hour, 1,000 users and 20 models make nearly a cell
 per record, which would cost the writer as much again as the records, for a view whose
 partial days the records of the edges answer well enough (see ``proxy.store.rollup_reads``).

@@ -27,6 +27,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.store.compaction import compact_finished_days
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITION = "requests_default"
@@ -205,7 +207,8 @@ async def _move_from_default(
 
 
 class PartitionKeeper:
-    """Keeps the partitions of today and the next ``ahead_days`` days in existence.
+    """Keeps the partitions of today and the next ``ahead_days`` days in existence, and
+    compacts the rollups of the days that are over (``proxy.store.compaction``).
 
     One round at start and then every ``interval`` seconds, in a background task; a round
     that fails (database down, a lock not granted in time) is logged and retried at the next.
@@ -255,6 +258,10 @@ class PartitionKeeper:
                 except Exception as exc:
                     # The task's boundary: a round that fails must not end the rounds after it.
                     log.warning("partitions: could not create the next days' (%s)", exc)
+                try:
+                    await compact_finished_days(self._engine, datetime.now(UTC))
+                except Exception as exc:
+                    log.warning("rollups: could not compact the days that are over (%s)", exc)
                 await asyncio.sleep(self._interval)
             else:
                 await asyncio.sleep(min(self._interval, 1.0))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -28,6 +27,7 @@ from typing import Any
 from sqlalchemy import Text, case, cast, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.store.compaction import compact_day
 from proxy.store.cubes import (
     CUBES,
     MEASURES,
@@ -38,7 +38,7 @@ from proxy.store.cubes import (
     rollup_finest,
 )
 from proxy.store.rebuild_postgres import rebuild_day_postgres
-from proxy.store.rollups import mark_complete, rollups_complete
+from proxy.store.rollups import mark_complete, rollups_complete, writers_shut_out
 from proxy.store.tables import TOKEN_FIELDS, requests, rollups
 from proxy.store.types import EXACT
 
@@ -126,10 +126,12 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
     """Replace one day's cells (both grains) by sums of its raw rows; returns how many
     records were summed and how many cells written."""
     records = cells_written = 0
-    async with _writers_shut_out(engine) as connection:
+    async with writers_shut_out(engine) as connection:
         await _delete_day(connection, day)
         if connection.dialect.name == "postgresql":
-            return await rebuild_day_postgres(connection, day)
+            summed = await rebuild_day_postgres(connection, day)
+            await compact_day(connection, day)  # the COPY wrote the daily cells unsorted
+            return summed
         day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
         async for finest in _finest_by_hour(connection, day):
             records += sum(measures[0] for measures in finest.values())
@@ -158,24 +160,6 @@ async def _delete_day(connection: AsyncConnection, day: datetime) -> None:
                     c.bucket_start < day + DAY,
                 )
             )
-
-
-@asynccontextmanager
-async def _writers_shut_out(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A transaction in which no writer changes ``rollups`` until it ends (see the module)."""
-    async with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execute(text("LOCK TABLE rollups IN SHARE ROW EXCLUSIVE MODE"))
-        else:
-            # pysqlite would begin a deferred transaction at the first write; an explicit
-            # BEGIN IMMEDIATE takes the write lock before the day's rows are read.
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            await connection.rollback()
-            raise
-        await connection.commit()
 
 
 def _measure_columns() -> list[Any]:

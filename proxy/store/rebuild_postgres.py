@@ -116,7 +116,11 @@ def _query(with_property: bool) -> tuple[str, Layout]:
     source = _DAY_ROWS
     if with_property:
         source += f"{_PROPERTIES} WHERE json_typeof(p.value) <> 'null'"
-    statement = f"SELECT {selected}, {_SUMS} FROM {source} GROUP BY GROUPING SETS ({grouping})"
+    # The empty set (the total per day) makes a row even of a day without rows: not a cell.
+    statement = (
+        f"SELECT {selected}, {_SUMS} FROM {source} GROUP BY GROUPING SETS ({grouping})"
+        " HAVING count(*) > 0"
+    )
     layout = {
         _mask(columns, grouped): (
             cube.name,

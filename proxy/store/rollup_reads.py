@@ -242,7 +242,7 @@ def _cell_piece(
         conditions.append(cells.bucket_start >= span.start)
     if span.end is not None:
         conditions.append(cells.bucket_start < span.end)
-    conditions.extend(_cell_conditions(plan.group_by, cube, filters))
+    conditions.extend(_cell_conditions(plan.group_by, cube, filters, dialect))
     measures = ("requests", *SUMMARY_TOKENS, "cost_usd", "unpriced_requests")
     values = ((-cells[name] if negate else cells[name]).label(name) for name in measures)
     return select(key.label("key"), *values).where(*conditions)
@@ -259,7 +259,7 @@ def _cell_key(group_by: str, dialect: str) -> ColumnElement[Any]:
 
 
 def _cell_conditions(
-    group_by: str, cube: Cube, filters: UsageFilters
+    group_by: str, cube: Cube, filters: UsageFilters, dialect: str
 ) -> Sequence[ColumnElement[bool]]:
     cells = rollups.c
     conditions: list[ColumnElement[bool]] = []
@@ -272,6 +272,10 @@ def _cell_conditions(
         if filters.property_name is not None:
             conditions.append(cells.property_name == filters.property_name.lower())
             conditions.append(cells.property_value == filters.property_value)
+            if dialect == "postgresql":  # what ix_rollups_property holds (migration 0010)
+                conditions.append(
+                    func.md5(cells.property_value) == func.md5(filters.property_value)
+                )
         else:
             name = group_by.removeprefix("property:").lower()
             conditions.append(cells.property_name == name)

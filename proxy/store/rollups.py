@@ -10,13 +10,14 @@ with ``replace=True`` to overwrite cells recomputed from raw rows.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.store.cubes import MEASURES, finest_cells, rollup_rows
 from proxy.store.rollups_sql import add_finest
@@ -51,6 +52,33 @@ async def mark_complete(connection: AsyncConnection, at: datetime | None = None)
     """Record that a rebuild from the first stored record has finished."""
     moment = at or datetime.now(UTC)
     await connection.execute(update(rollup_state).values(complete=True, rebuilt_at=moment))
+
+
+@asynccontextmanager
+async def writers_shut_out(
+    engine: AsyncEngine, lock_timeout: str | None = None
+) -> AsyncIterator[AsyncConnection]:
+    """A transaction in which no writer changes ``rollups`` until it ends.
+
+    On Postgres ``SHARE ROW EXCLUSIVE`` waits for the writer transactions in flight and holds
+    new ones until the transaction ends (or fails after ``lock_timeout``, e.g. ``"2s"``); on
+    SQLite ``BEGIN IMMEDIATE`` takes the database's one write lock before anything is read.
+    """
+    async with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            if lock_timeout is not None:
+                await connection.execute(text(f"SET LOCAL lock_timeout = '{lock_timeout}'"))
+            await connection.execute(text("LOCK TABLE rollups IN SHARE ROW EXCLUSIVE MODE"))
+        else:
+            # pysqlite would begin a deferred transaction at the first write; an explicit
+            # BEGIN IMMEDIATE takes the write lock before the day's rows are read.
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            await connection.rollback()
+            raise
+        await connection.commit()
 
 
 @functools.cache

@@ -212,6 +212,8 @@ rollups = Table(
     Column("cost_usd", Money(), nullable=False),
     Column("latency_ms_sum", Float, nullable=False),
     PrimaryKeyConstraint("cube", "grain", "bucket_start", "cell"),
+    # Migration 0010 adds ix_rollups_property, (cube, grain, property name, value or, on
+    # Postgres, the value's MD5, bucket_start): an expression on one database, so not here.
 )
 
 rollup_state = Table(
@@ -222,4 +224,6 @@ rollup_state = Table(
     # them: summaries then read raw rows until ``tallyproxy rollups rebuild`` has run.
     Column("complete", Boolean, nullable=False),
     Column("rebuilt_at", UTCDateTime()),
+    # Daily cells of the days before this have been rewritten in key order (compaction).
+    Column("compacted_until", UTCDateTime()),
 )

@@ -1,0 +1,37 @@
+"""Migration 0010: the daily cells of the total and property cubes, summed from the hourly."""
+
+from __future__ import annotations
+
+import random
+
+from alembic import command
+from sqlalchemy import delete
+
+from proxy.store.engine import create_engine
+from proxy.store.migrate import alembic_config, upgrade_database
+from proxy.store.rows import write_records
+from proxy.store.tables import rollups
+from tests.store.rollup_truth import assert_rollups_match_raw_rows, computed_cells, stored_cells
+from tests.store.test_rebuild import _varied
+
+
+async def test_an_upgrade_sums_the_new_daily_cells_from_the_hourly_ones(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0009"))
+            await connection.commit()
+        await write_records(engine, _varied(400, random.Random(11)))
+        async with engine.begin() as connection:
+            # What a writer of revision 0009 left: no daily cells for these two cubes.
+            await connection.execute(
+                delete(rollups).where(
+                    rollups.c.grain == "day", rollups.c.cube.in_(["total", "property"])
+                )
+            )
+        missing = (await computed_cells(engine)).keys() - (await stored_cells(engine)).keys()
+        assert {key[:2] for key in missing} == {("total", "day"), ("property", "day")}
+        await upgrade_database(engine)
+        await assert_rollups_match_raw_rows(engine)
+    finally:
+        await engine.dispose()
