@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Text, case, cast, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy.store.compaction import compact_day
+from proxy.store.compaction import compact_day, vacuum_rollups
 from proxy.store.cubes import (
     CUBES,
     MEASURES,
@@ -106,10 +106,10 @@ async def rebuild_rollups(
         async with engine.begin() as connection:
             await mark_complete(connection)
         report.complete = True
-    async with engine.begin() as connection:
-        # Millions of cells rewritten: without fresh statistics the planner reads the
-        # cubes as the near-empty table it last saw and the summaries crawl.
-        await connection.exec_driver_sql("ANALYZE rollups")
+    # Millions of cells rewritten: without fresh statistics the planner reads the cubes as
+    # the near-empty table it last saw, and the replaced cells' dead versions stay in the
+    # indexes for reads to visit (Postgres); both make the summaries crawl.
+    await vacuum_rollups(engine)
     report.seconds = time.monotonic() - started
     return report
 
