@@ -119,20 +119,40 @@ def cell_id(values: tuple[str | None, ...]) -> str:
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
-def record_measures(row: Mapping[str, Any]) -> list[Any]:
-    """One request row's contribution to a cell, in ``MEASURES`` order."""
+def record_measures(rows: list[Mapping[str, Any]]) -> list[Any]:
+    """What request rows add to a cell, in ``MEASURES`` order."""
+    if len(rows) == 1:
+        return _row_measures(rows[0])
+    costs = [row["cost_usd"] for row in rows]
+    latencies = [row["latency_ms"] for row in rows]
+    return [
+        len(rows),
+        *(sum(row[name] or 0 for row in rows) for name in TOKEN_FIELDS),
+        costs.count(None),
+        sum(map(_is_error, rows)),
+        len(latencies) - latencies.count(None),
+        sum((cost for cost in costs if cost is not None), _ZERO),
+        sum((float(latency) for latency in latencies if latency is not None), 0.0),
+    ]
+
+
+def _row_measures(row: Mapping[str, Any]) -> list[Any]:
     cost: Decimal | None = row["cost_usd"]
-    status = row["status_code"]
     latency = row["latency_ms"]
     return [
         1,
         *(row[name] or 0 for name in TOKEN_FIELDS),
         1 if cost is None else 0,
-        1 if (status is not None and status >= 400) or row["error"] is not None else 0,
+        _is_error(row),
         0 if latency is None else 1,
         _ZERO if cost is None else cost,
         0.0 if latency is None else float(latency),
     ]
+
+
+def _is_error(row: Mapping[str, Any]) -> int:
+    status = row["status_code"]
+    return 1 if (status is not None and status >= 400) or row["error"] is not None else 0
 
 
 Finest = dict[tuple[Any, ...], list[Any]]
@@ -146,15 +166,16 @@ def finest_cells(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Finest:
     A batch of similar records collapses here, so cubes cost one sum per finest cell rather
     than one per record.
     """
-    finest: Finest = {}
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = (
+            bucket_start(row["created_at"], "hour"),
+            *(row[name] for name in PLAIN_DIMENSIONS),
+            property_pairs(row["properties"]),
+        )
+        groups.setdefault(key, []).append(row)
     with localcontext(EXACT):  # money sums exact to 60 digits, whatever the default context
-        for row in rows:
-            key = (
-                bucket_start(row["created_at"], "hour"),
-                *(row[name] for name in PLAIN_DIMENSIONS),
-                property_pairs(row["properties"]),
-            )
-            add_measures(finest, key, record_measures(row))
+        finest = {key: record_measures(group) for key, group in groups.items()}
     if sign < 0:
         return {key: [-value for value in measures] for key, measures in finest.items()}
     return finest
