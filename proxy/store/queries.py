@@ -223,6 +223,8 @@ class UsageQueries:
         raise InvalidQuery(f"invalid group_by {group_by!r}: use one of {choices}", "group_by")
 
     async def _add_models(self, summaries: Sequence[dict[str, Any]]) -> None:
+        """Each session's requests, tokens and cost by model, from its records between its
+        first and last request (the span its totals cover)."""
         if not summaries:
             return
         by_id = {s["session_id"]: s for s in summaries}
@@ -236,7 +238,15 @@ class UsageQueries:
                 func.coalesce(func.sum(requests.c.total_tokens), 0).label("total_tokens"),
                 func.sum(requests.c.cost_usd).label("cost_usd"),
             )
-            .where(requests.c.session_id.in_(list(by_id)))
+            .where(
+                requests.c.session_id.in_(list(by_id)),
+                # The sessions' own span: Postgres then searches the day partitions it
+                # covers, not every partition's index once per session (100 x 30 days).
+                requests.c.created_at.between(
+                    min(s["first_request_at"] for s in summaries),
+                    max(s["last_request_at"] for s in summaries),
+                ),
+            )
             .group_by(requests.c.session_id, requests.c.model)
         )
         for row in await self._fetch(query):

@@ -144,6 +144,19 @@ async def test_get_session_with_models(varied: list[RequestRecord], queries: Usa
     assert await queries.get_session("nope") is None
 
 
+async def test_a_listed_sessions_models_hold_all_its_requests_across_days(
+    varied: list[RequestRecord], queries: UsageQueries
+) -> None:
+    """The breakdown searches the sessions' own span: each session's first to last record,
+    whichever page it is on and however many days it covers."""
+    for limit in (1, 2, 3):
+        rows, _ = await queries.list_sessions(limit=limit)
+        for row in rows:
+            mine = [r for r in varied if r.session_id == row["session_id"]]
+            assert mine[0].created_at.date() != mine[-1].created_at.date()
+            assert sum(m["requests"] for m in row["models"].values()) == len(mine)
+
+
 async def test_list_sessions(varied: list[RequestRecord], queries: UsageQueries) -> None:
     rows, cursor = await queries.list_sessions()
     assert cursor is None
