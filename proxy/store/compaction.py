@@ -57,6 +57,26 @@ async def compact_day(connection: AsyncConnection, day: datetime) -> int:
     return moved
 
 
+async def note_compacted(connection: AsyncConnection, day: datetime, now: datetime) -> None:
+    """A rebuild compacted ``day``: move ``compacted_until`` past it when every earlier day
+    is compacted too and ``day`` is over, so the next round does not rewrite it again. A day
+    still written to is left to the round after its end."""
+    if day + DAY > bucket_start(now - GRACE, "day"):
+        return
+    until = await connection.scalar(select(rollup_state.c.compacted_until))
+    if until is None:
+        older = await connection.scalar(
+            select(func.min(rollups.c.bucket_start)).where(
+                rollups.c.cube == "total", rollups.c.grain == "day", rollups.c.bucket_start < day
+            )
+        )
+        if older is not None:
+            return  # days before the rebuilt ones, never compacted
+    elif until != day:
+        return  # already past it, or a gap of uncompacted days before it
+    await connection.execute(update(rollup_state).values(compacted_until=day + DAY))
+
+
 async def compact_finished_days(engine: AsyncEngine, now: datetime) -> int:
     """Compact every day not compacted yet that ended at least ``GRACE`` before ``now``;
     returns how many days were. Nothing to do on SQLite."""

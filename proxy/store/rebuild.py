@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Text, case, cast, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy.store.compaction import compact_day, vacuum_rollups
+from proxy.store.compaction import compact_day, note_compacted, vacuum_rollups
 from proxy.store.cubes import (
     CUBES,
     MEASURES,
@@ -131,6 +131,7 @@ async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
         if connection.dialect.name == "postgresql":
             summed = await rebuild_day_postgres(connection, day)
             await compact_day(connection, day)  # the COPY wrote the daily cells unsorted
+            await note_compacted(connection, day, datetime.now(UTC))
             return summed
         day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
         async for finest in _finest_by_hour(connection, day):

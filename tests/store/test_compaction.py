@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.store.compaction import GRACE, compact_finished_days
+from proxy.store.compaction import GRACE, compact_finished_days, note_compacted
+from proxy.store.rebuild import rebuild_rollups
 from proxy.store.rows import write_records
 from proxy.store.tables import rollup_state
 from tests.store.factory import T0, make_record
@@ -110,6 +111,40 @@ async def test_records_written_during_compactions_count_exactly_once(
         written = sum(await asyncio.gather(*writers))
     assert written > 0
     await assert_rollups_match_raw_rows(engine)
+
+
+async def test_a_rebuild_from_the_oldest_record_leaves_no_day_to_compact_again(
+    postgres_engine: AsyncEngine,
+) -> None:
+    engine = postgres_engine
+    await write_records(engine, _varied(300, random.Random(11)))
+    await rebuild_rollups(engine)
+    assert await _compacted_until(engine) == TODAY + DAY  # T0's day is long over
+    assert await compact_finished_days(engine, TODAY + DAY + GRACE) == 0
+
+
+async def test_a_rebuild_after_uncompacted_days_leaves_all_of_them_to_the_rounds(
+    postgres_engine: AsyncEngine,
+) -> None:
+    engine = postgres_engine
+    await write_records(engine, _varied(300, random.Random(12)))
+    await rebuild_rollups(engine, since=TODAY - DAY)
+    assert await _compacted_until(engine) is None  # the days before are not compacted
+    assert await compact_finished_days(engine, TODAY + DAY + GRACE) == 5
+    await assert_rollups_match_raw_rows(engine)
+
+
+async def test_a_rebuilt_day_still_being_written_is_left_to_the_round_after_its_end(
+    postgres_engine: AsyncEngine,
+) -> None:
+    engine = postgres_engine
+    await write_records(engine, [make_record(created_at=TODAY)])
+    async with engine.begin() as connection:
+        await note_compacted(connection, TODAY, TODAY + DAY + GRACE - timedelta(seconds=1))
+    assert await _compacted_until(engine) is None
+    async with engine.begin() as connection:
+        await note_compacted(connection, TODAY, TODAY + DAY + GRACE)
+    assert await _compacted_until(engine) == TODAY + DAY
 
 
 async def test_nothing_to_compact_on_sqlite(engine: AsyncEngine) -> None:
