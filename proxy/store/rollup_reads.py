@@ -1,8 +1,9 @@
 """Usage summaries answered from rollups: which cube and grains can answer, and the SQL.
 
 A summary over ``[since, until)`` splits into whole days (read from daily cells when the cube
-keeps them), whole hours (hourly cells) and the partial hours at the edges (raw rows, so the
-answer is exact to the microsecond). All pieces go into one statement, so they are read
+keeps them), whole hours (hourly cells) and the partial hours at the edges (raw rows, or an
+hour's cells minus the raw rows outside the range, so the answer is exact to the
+microsecond). All pieces go into one statement, so they are read
 from one snapshot, and are summed by group in SQL, ordered and cut exactly as the raw-row
 summary is: the answers are the same, only cheaper.
 
@@ -12,6 +13,7 @@ properties) gets ``None`` from ``plan_summary`` and is answered from raw rows.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,11 +61,13 @@ _DAY = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A piece of a time range and what answers it: raw rows, hourly or daily cells."""
+    """A piece of a time range and what answers it: raw rows, hourly or daily cells; raw
+    rows with ``sign=-1`` are taken out (of the hour cell that covers them)."""
 
     source: Literal["raw", "hour", "day"]
     start: datetime | None
     end: datetime | None
+    sign: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,12 @@ def split_range(
 ) -> list[Span]:
     """``[since, until)`` as raw partial hours (or, without ``hours``, partial days) at the
     edges, whole hours and, with ``days``, whole days; an open end stays open (the newest
-    cells are as complete as the rows)."""
+    cells are as complete as the rows).
+
+    A partial hour's records are read whichever way is fewer: the records inside the range,
+    or its whole hour's cells minus the records of the hour outside the range (since 14:10:
+    the 14:00 cell minus 14:00 to 14:10). So an edge reads at most half an hour of records.
+    """
     if not hours:
         return _whole_days_and_raw_edges(since, until)
     first_hour = None if since is None else _ceil_hour(since)
@@ -131,9 +140,19 @@ def split_range(
         return [Span("raw", since, until)]
     spans: list[Span] = []
     if since is not None and first_hour is not None and since < first_hour:
-        spans.append(Span("raw", since, first_hour))
+        hour_start = first_hour - _HOUR
+        if since - hour_start < first_hour - since:
+            spans.append(Span("raw", hour_start, since, sign=-1))
+            first_hour = hour_start
+        else:
+            spans.append(Span("raw", since, first_hour))
     if until is not None and last_hour is not None and last_hour < until:
-        spans.append(Span("raw", last_hour, until))
+        hour_end = last_hour + _HOUR
+        if hour_end - until < until - last_hour:
+            spans.append(Span("raw", until, hour_end, sign=-1))
+            last_hour = hour_end
+        else:
+            spans.append(Span("raw", last_hour, until))
     if not days:
         return [*spans, Span("hour", first_hour, last_hour)]
     first_day = None if first_hour is None else _ceil_day(first_hour)
@@ -165,7 +184,7 @@ def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit:
     pieces: list[Select[Any]] = []
     for span in plan.spans:
         if span.source == "raw":
-            pieces.append(_raw_piece(plan.group_by, filters, span, dialect))
+            pieces.append(_raw_piece(plan.group_by, filters, span, dialect, span.sign < 0))
             continue
         pieces.append(_cell_piece(plan, plan.cube, filters, span, dialect))
         if plan.base is not None:
@@ -198,21 +217,26 @@ def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit:
     return query.limit(limit)
 
 
-def _raw_piece(group_by: str, filters: UsageFilters, span: Span, dialect: str) -> Select[Any]:
-    """The raw rows of a partial hour, one by one: few, and grouped with the cells outside
-    (grouping here would render ``properties ->> $n`` twice, which Postgres refuses)."""
+def _raw_piece(
+    group_by: str, filters: UsageFilters, span: Span, dialect: str, negate: bool = False
+) -> Select[Any]:
+    """The raw rows of a partial hour, one by one (``negate``: their measures negated): few,
+    and grouped with the cells outside (grouping here would render ``properties ->> $n``
+    twice, which Postgres refuses)."""
     columns = requests.c
-    conditions = request_conditions(filters)
+    # The span bounds the time; a span taken out lies outside the filters' range.
+    conditions = request_conditions(dataclasses.replace(filters, since=None, until=None))
     if span.start is not None:
         conditions.append(columns.created_at >= span.start)
     if span.end is not None:
         conditions.append(columns.created_at < span.end)
+    one = -1 if negate else 1
     return select(
         _raw_key(group_by, dialect).label("key"),
-        literal(1, BigInteger).label("requests"),
-        *(columns[name] for name in SUMMARY_TOKENS),
-        columns.cost_usd,
-        case((columns.cost_usd.is_(None), 1), else_=0).label("unpriced_requests"),
+        literal(one, BigInteger).label("requests"),
+        *((-columns[name] if negate else columns[name]).label(name) for name in SUMMARY_TOKENS),
+        (-columns.cost_usd if negate else columns.cost_usd).label("cost_usd"),
+        case((columns.cost_usd.is_(None), one), else_=0).label("unpriced_requests"),
     ).where(*conditions)
 
 

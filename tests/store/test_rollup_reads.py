@@ -54,6 +54,24 @@ def at(hours: float) -> datetime:
         ),
         (at(1.5), at(20), True, [Span("raw", at(1.5), at(2)), Span("hour", at(2), at(20))]),
         (at(1.25), at(1.75), True, [Span("raw", at(1.25), at(1.75))]),
+        (  # an edge nearer its hour's start or end: the hour's cells minus the rest
+            at(1.25),
+            at(49.75),
+            True,
+            [
+                Span("raw", at(1), at(1.25), sign=-1),
+                Span("raw", at(49.75), at(50), sign=-1),
+                Span("hour", at(1), at(24)),
+                Span("hour", at(48), at(50)),
+                Span("day", at(24), at(48)),
+            ],
+        ),
+        (
+            at(23.1),
+            None,
+            False,
+            [Span("raw", at(23), at(23.1), sign=-1), Span("hour", at(23), None)],
+        ),
         (at(3), at(3), True, [Span("raw", at(3), at(3))]),
         (
             at(30.5),
@@ -137,7 +155,8 @@ def test_hourly_groups_never_read_daily_cells() -> None:
 
 
 # Moments around hour and day edges, to the microsecond.
-_MOMENTS = st.sampled_from([0, 0.5, 1, 23.99, 24, 24.000001, 25.5, 47, 48, 70.75]).map(at)
+_MOMENTS = st.sampled_from([0, 0.5, 1, 1.2, 23.99, 24, 24.000001, 25.5, 47, 47.9, 48, 70.75])
+_MOMENTS = _MOMENTS.map(at)
 _OFFSET = st.sampled_from([timedelta(0), timedelta(microseconds=1), timedelta(minutes=17)])
 
 records_strategy = st.lists(
