@@ -24,6 +24,7 @@ from proxy.api.admin import admin_router
 from proxy.api.budgets import budgets_router
 from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
+from proxy.api.missing_v1 import missing_v1_router
 from proxy.api.prices import prices_router
 from proxy.api.unavailable import install_database_error_handler
 from proxy.api.usage import usage_router
@@ -179,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics_router(dependencies=guard))
     app.include_router(drift_router(dependencies=guard))
     app.include_router(dashboard_router())  # no guard: the page asks for the token itself
+    app.include_router(missing_v1_router())
     app.router.add_route(
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
     )

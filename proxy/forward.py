@@ -43,7 +43,7 @@ from proxy.plan import (
     upstream_headers,
     with_stream_usage,
 )
-from proxy.pricing import PriceBook
+from proxy.pricing import NOTHING_CHARGED, PriceBook
 from proxy.records import PROXY_SHUTTING_DOWN, Exchange, new_record_id
 from proxy.routing import (
     NoRoute,
@@ -178,7 +178,7 @@ class Forwarder:
             try:
                 await self.budgets.reserve(exchange)
             except (BudgetExceeded, DatabaseUnavailable) as exc:
-                return error_response(exc, id_header)
+                return self._refused(exchange, started, exc)
         try:
             response = await self.client.send(
                 request.method,
@@ -214,6 +214,17 @@ class Forwarder:
         exchange.request_body = None
         self.sink.submit(exchange)
         return error_response(error, {REQUEST_ID_HEADER: exchange.id})
+
+    def _refused(self, exchange: Exchange, started: float, exc: TallyError) -> Response:
+        """A budget refused the request before the upstream was asked: it is recorded, at
+        no cost and without usage, so that its request id names a record."""
+        exchange.status_code = exc.status_code
+        exchange.error = exc.message
+        exchange.cost = NOTHING_CHARGED
+        exchange.latency_ms = elapsed_ms(started)
+        exchange.request_body = None
+        self.sink.submit(exchange)
+        return error_response(exc, {REQUEST_ID_HEADER: exchange.id})
 
     def _cut_by_shutdown(self, exchange: Exchange, started: float) -> Response:
         """Only the server cancels a request: its shutdown grace is over. The upstream may

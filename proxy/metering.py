@@ -102,8 +102,8 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         usage=usage,
         usage_source=source,
         cost_usd=None if cost is None else cost.usd,
-        price_source=None if cost is None else cost.source,
-        price_version=None if cost is None else cost.version,
+        price_source=None if cost is None else cost.source or None,
+        price_version=None if cost is None else cost.version or None,
         estimated_prompt_tokens=estimate.usage.prompt_tokens if sampled and estimate else None,
         estimated_completion_tokens=(
             estimate.usage.completion_tokens if sampled and estimate else None

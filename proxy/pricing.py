@@ -89,6 +89,11 @@ class Cost:
     priced_as: str
 
 
+NOTHING_CHARGED = Cost(Decimal(0), source="", version="", priced_as="")
+"""The cost of a request refused before it reached the provider: zero, from no price list
+(its record's ``price_source`` and ``price_version`` are null)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Counts:
     """Usage split into disjoint buckets: each token in exactly one."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, params
+from fastapi import APIRouter, Depends, Request, params
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,7 @@ from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.periods import Period
 from proxy.api.budgets import budget_json
+from proxy.api.json_body import json_body
 from proxy.api.params import error_json
 from proxy.api.serialize import iso_utc
 from proxy.store.access import KeyStore
@@ -69,7 +70,9 @@ def admin_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
     return router
 
 
-async def create_key(request: Request, body: NewKeyRequest) -> JSONResponse:
+async def create_key(
+    request: Request, body: Annotated[NewKeyRequest, Depends(json_body(NewKeyRequest))]
+) -> JSONResponse:
     """Issue a key: ``{"key": "tp-...", ...}``; the key is not shown again."""
     key, row = await _keys(request).create(
         body.name, user_id=body.user, models=body.models, expires_at=body.expires_at
@@ -92,7 +95,9 @@ async def revoke_key(request: Request, key_id: str) -> JSONResponse:
     return JSONResponse({"id": key_id, "revoked": True})
 
 
-async def create_budget(request: Request, body: NewBudgetRequest) -> JSONResponse:
+async def create_budget(
+    request: Request, body: Annotated[NewBudgetRequest, Depends(json_body(NewBudgetRequest))]
+) -> JSONResponse:
     """Define a budget; it applies on this replica at once, on the others within seconds."""
     budgets: Budgets = request.app.state.budgets
     row = await budgets.store.create(

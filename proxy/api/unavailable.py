@@ -2,8 +2,8 @@
 
 A route of the usage, budget or admin API that needs the database while it is unreachable
 (or not migrated yet, see ``proxy.store.availability``) answers 503 in OpenAI's error shape
-and logs one line; any other database error is a bug and goes the way of every unexpected
-error (logged with its traceback, 500).
+and logs one line naming the database (its password as ``***``); any other database error
+is a bug and goes the way of every unexpected error (logged with its traceback, 500).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from proxy.errors import DatabaseUnavailable, error_body, error_response
-from proxy.store.availability import DATABASE_ERRORS, is_unreachable
+from proxy.store.availability import DATABASE_ERRORS, display_url, error_reason, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ def install_database_error_handler(app: FastAPI) -> None:
         backend = engine.dialect.name if engine is not None else ""
         if (schema is not None and not schema.ready) or is_unreachable(exc, backend):
             log.warning(
-                "%s %s: the database is unavailable (%s)",
+                "%s %s: 503, the database %s is unavailable (%s)",
                 request.method,
                 request.url.path,
-                " ".join(str(exc).split())[:200] or type(exc).__name__,
+                display_url(engine) if engine is not None else "",
+                error_reason(exc),
             )
             return error_response(
                 DatabaseUnavailable("the database is unavailable; try again shortly")

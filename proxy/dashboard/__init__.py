@@ -50,7 +50,7 @@ def load_static_files() -> dict[str, StaticFile]:
 
 
 def dashboard_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
-    """``/dashboard/`` (the page) and ``/dashboard/static/<file>``.
+    """``/dashboard/`` (the page), ``/dashboard/static/<file>``, and ``/`` redirected to it.
 
     ``dependencies`` apply to every route of the dashboard; the app gives none, since the
     files carry no data and the page sends the admin token with its API calls itself.
@@ -71,6 +71,11 @@ def dashboard_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRoute
             return Response("not found", status_code=404, media_type="text/plain")
         return _serve(request, found)
 
+    async def root() -> Response:
+        # What a browser opened at the proxy's address wants; temporary, as it may change.
+        return RedirectResponse("dashboard/", status_code=307)
+
+    router.add_api_route("/", root, methods=["GET"])
     router.add_api_route("/dashboard", redirect, methods=["GET"])
     router.add_api_route("/dashboard/", index, methods=["GET"])
     router.add_api_route("/dashboard/static/{name}", static, methods=["GET"])

@@ -120,6 +120,20 @@ async def test_a_burst_overshoots_a_small_budget_by_at_most_one_request(
     assert refused.value.code == "budget_exceeded"
     assert "budget 'burst-day'" in refused.value.message
     assert refused.value.status_code == 429
+    # The refusal's request id names its record: a 429 without usage that cost nothing.
+    record = await priced_proxy.record(refused.value.response.headers["x-tally-request-id"])
+    assert (record["status_code"], record["cost_usd"], record["usage_source"]) == (429, "0", None)
+    assert (record["total_tokens"], record["price_source"], record["key_id"]) == (
+        None,
+        None,
+        issued["id"],
+    )
+    assert "budget 'burst-day'" in record["error"]
+    # Every refusal of the burst is recorded too, and none of them spent anything.
+    records = await priced_proxy.records(len(results) + 1)
+    assert [r["status_code"] for r in records].count(429) == len(results) - admitted + 1
+    [after] = await budgets_of(priced_proxy, issued["key"])
+    assert after["spent_usd"] == budget["spent_usd"]
 
 
 async def burst_without_max_tokens(
@@ -137,9 +151,22 @@ async def burst_without_max_tokens(
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+async def answered_records(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
+    """Wait for ``count`` records of answered requests (refusals are recorded too)."""
+    deadline = time.monotonic() + 5
+    while True:
+        response = await proxy.api.get("/usage/requests", params={"limit": 1000})
+        response.raise_for_status()
+        data = [r for r in response.json()["data"] if r["status_code"] == 200]
+        if len(data) >= count or time.monotonic() > deadline:
+            assert len(data) == count, f"{len(data)} answered requests stored, expected {count}"
+            return data
+        await asyncio.sleep(0.02)
+
+
 async def spent_once_settled(proxy: RunningProxy, admitted: int) -> dict[str, Any]:
     """The one budget once the records of ``admitted`` requests are stored and settled."""
-    await proxy.records(admitted)
+    await answered_records(proxy, admitted)
     deadline = time.monotonic() + 10
     while True:
         [budget] = await budgets_of(proxy)
@@ -196,7 +223,7 @@ async def test_budgets_on_users_and_tokens_apply_without_virtual_keys(
         await sdk.chat.completions.create(
             model=MODEL, messages=MESSAGES, max_tokens=10, user="carol"
         )
-    await priced_proxy.records(2)
+    await answered_records(priced_proxy, 2)
     deadline = time.monotonic() + 5
     while True:  # settled from the records
         [budget] = await budgets_of(priced_proxy)

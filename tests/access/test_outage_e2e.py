@@ -38,6 +38,7 @@ async def send(sdk: openai.AsyncOpenAI, outcomes: dict[str, list[Any]]) -> None:
         )
     except openai.APIStatusError as exc:
         outcomes["refused"].append((exc.status_code, exc.code))
+        outcomes.setdefault("refused_ids", []).append(exc.response.headers["x-tally-request-id"])
         return
     raw.parse()
     outcomes["answered"].append(raw.headers["x-tally-request-id"])
@@ -125,7 +126,9 @@ async def test_a_postgres_outage_serves_keys_and_budgets_from_the_last_known_sta
                 proxy, (BEFORE + len(during["answered"]) + 1) * REQUEST_COST
             )
         answered = [*outcomes["answered"], *during["answered"], *after["answered"]]
-        records = await proxy.records(len(answered) + 1)
+        # The budget's refusals are recorded too (no usage, no cost); the gate's are not.
+        refused_ids = during.get("refused_ids", [])
+        records = await proxy.records(len(answered) + 1 + len(refused_ids))
 
     log.warning(
         "budget outage figures: answered %d before, %d during (%d refused with 503, the "
@@ -151,8 +154,13 @@ async def test_a_postgres_outage_serves_keys_and_budgets_from_the_last_known_sta
     assert plain.http_response.status_code == 200
     assert after["answered"] and not after["refused"]
     # Once it is back: every answered request stored once, the budget settled exactly.
-    stored = sorted(r["id"] for r in records)
+    stored = sorted(r["id"] for r in records if r["status_code"] == 200)
     assert stored == sorted([*answered, plain.headers["x-tally-request-id"]])
+    refusals = [r for r in records if r["status_code"] != 200]
+    assert sorted(r["id"] for r in refusals) == sorted(refused_ids)
+    assert {(r["status_code"], r["cost_usd"], r["total_tokens"]) for r in refusals} <= {
+        (503, "0", None)
+    }
     assert Decimal(budget["spent_usd"]) == (BEFORE + len(during["answered"])) * REQUEST_COST
     assert Decimal(final["spent_usd"]) == len(answered) * REQUEST_COST
 
@@ -191,7 +199,10 @@ async def test_postgres_stopped_under_concurrent_keyed_requests_never_answers_50
             for _ in range(2):  # the database decides again, and ends the outage
                 await send(keyed, outcomes)
             budget = await until_settled(proxy, len(outcomes["answered"]) * REQUEST_COST)
-        records = await proxy.records(len(outcomes["answered"]))
+        refused_ids = outcomes.get("refused_ids", [])  # the budget's: recorded, at no cost
+        stored = await proxy.records(len(outcomes["answered"]) + len(refused_ids))
+    records = [r for r in stored if r["status_code"] == 200]
+    assert sorted(r["id"] for r in stored if r["status_code"] == 503) == sorted(refused_ids)
 
     from_memory = [
         int(r.getMessage().split("; ")[1].split()[0])
