@@ -38,8 +38,16 @@ rootfs tallyproxy-standin/python:3.11-bookworm \
 rootfs tallyproxy-standin/postgres:15-bookworm postgresql-15
 rootfs tallyproxy-standin/nginx:1.22-bookworm nginx-light,wget
 
-docker build -q -t tallyproxy-standin/python:3.11-bookworm - >/dev/null <<'DOCKERFILE'
+# The host's own certificate authorities (HOST_CA_DIR) are trusted too, so that pip in the
+# image build gets through a TLS-inspecting proxy the host trusts; none: the Debian set only.
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+mkdir "$context/ca"
+cp "${HOST_CA_DIR:-/usr/local/share/ca-certificates}"/*.crt "$context/ca/" 2>/dev/null || true
+docker build -q -t tallyproxy-standin/python:3.11-bookworm -f - "$context" >/dev/null <<'DOCKERFILE'
 FROM tallyproxy-standin/python:3.11-bookworm.rootfs
+COPY ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates >/dev/null
 ENV LANG=C.UTF-8
 CMD ["python3"]
 DOCKERFILE
