@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = wait_until(lambda: _get(f"{lb}/healthz") == 200, 60)
             summary["lb_healthz"] = ok
             client = openai.OpenAI(
-                base_url=f"{lb}/v1", api_key="sk-client", max_retries=0, timeout=60
+                base_url=f"{lb}/v1", api_key=virtual_key(lb, token), max_retries=0, timeout=60
             )
             tally = Tally()
             numbers = iter(range(1_000_000))
@@ -356,6 +356,19 @@ def main(argv: list[str] | None = None) -> int:
         and counts["records"] == counts["answered"]
     )
     return 0 if held else 1
+
+
+def virtual_key(lb: str, token: str) -> str:
+    """A tallyproxy key from the admin API: with a provider key set, the stack wants one."""
+    request = urllib.request.Request(
+        f"{lb}/admin/keys",
+        data=json.dumps({"name": "stack-test", "user": "stack"}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        key: str = json.load(response)["key"]
+        return key
 
 
 def _get(url: str) -> int:
