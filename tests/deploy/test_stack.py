@@ -1,6 +1,6 @@
 """The compose stack built and run for real: needs a Docker daemon, skipped without one.
 
-About 5 minutes with the stand-in bases already built (their first build adds about 3.5):
+About 1.5 minutes with the stand-in bases and the image layers built (5.5 the first time):
 see tests/deploy/stack.py for what it does.
 """
 
