@@ -1,6 +1,6 @@
 """The compose stack built and run for real: needs a Docker daemon, skipped without one.
 
-About 1.5 minutes with the stand-in bases and the image layers built (5.5 the first time):
+1.5 to 2 minutes once the stand-in bases exist (building them adds about 3 the first time):
 see tests/deploy/stack.py for what it does.
 """
 
