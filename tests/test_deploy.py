@@ -9,12 +9,14 @@ has, the Dockerfile's shape, the nginx config under ``nginx -t``, and that
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, get_args, get_origin
 
 import pytest
@@ -22,6 +24,7 @@ import yaml
 from pydantic import BaseModel
 
 from proxy.access.mode import access_mode
+from proxy.app import SHUTDOWN_DRAIN_SECONDS
 from proxy.cli import build_parser
 from proxy.config import ENV_KEYS, ConfigError, DatabaseSettings, Settings, load_settings
 
@@ -31,7 +34,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 REPLICAS = ("proxy-1", "proxy-2")
 IMAGE_HOME = "/var/lib/tallyproxy"
-SPOOL = f"{IMAGE_HOME}/{DatabaseSettings().spool_dir.removeprefix('./')}"
+# The image's data volume and working directory: the default SQLite file and spool land there.
+DATA = f"{IMAGE_HOME}/data"
+IMAGE_IDS = "10001"
+STOP_TIMEOUT = 75
 REQUIRED = {"TALLYPROXY_ADMIN_TOKEN": "a-long-random-admin-token"}
 _VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::([-?])([^}]*))?\}")
 
@@ -80,7 +86,11 @@ def test_every_long_running_service_has_a_health_check() -> None:
         check = services()[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
         assert {"interval", "timeout", "retries"} <= set(check), name
-    assert "pg_isready" in services()["postgres"]["healthcheck"]["test"][1]
+    # Over TCP: the Unix socket answers during first-time initialisation, before the real
+    # server listens, and migrate would then meet a refused connection.
+    check = shlex.split(services()["postgres"]["healthcheck"]["test"][1])
+    assert check[0] == "pg_isready" and check[check.index("-h") + 1] == "127.0.0.1"
+    assert check[check.index("-U") + 1] == "tally" and check[check.index("-d") + 1] == "tallyproxy"
     for name in REPLICAS:
         assert any("/healthz" in part for part in services()[name]["healthcheck"]["test"])
     assert services()["migrate"]["healthcheck"] == {"disable": True}
@@ -112,7 +122,7 @@ def test_tallyproxy_services_run_real_commands_of_one_built_image() -> None:
         assert service["image"] == "tallyproxy:local"
         assert (ROOT / service["build"]["context"] / "Dockerfile").is_file()
     for name in ("postgres", "lb"):
-        image = services()[name]["image"]
+        image = interpolate(services()[name]["image"])
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image's tag"
 
 
@@ -123,7 +133,7 @@ def test_each_replica_has_its_own_spool_volume() -> None:
     sources = {m[0].split(":")[0] for m in mounts}
     targets = {m[0].split(":")[1] for m in mounts}
     assert len(sources) == len(REPLICAS) and sources <= declared
-    assert targets == {SPOOL}
+    assert targets == {DATA}
     assert services()["postgres"]["volumes"][0].split(":")[0] in declared
 
 
@@ -178,22 +188,83 @@ def test_the_load_balancer_sends_to_the_replicas() -> None:
     source, target, *_ = lb["volumes"][0].split(":")
     assert (ROOT / source).resolve() == NGINX_CONF
     assert target == "/etc/nginx/nginx.conf"
-    assert lb["ports"] == ["${TALLYPROXY_PUBLISHED_PORT:-8080}:8080"]
-    servers = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", NGINX_CONF.read_text(), re.MULTILINE)
-    ports = {
-        name: services()[name]["command"][services()[name]["command"].index("--port") + 1]
-        for name in REPLICAS
-    }
-    assert dict(servers) == ports
+    target_name, port = replicas_target()
+    for name in REPLICAS:
+        command = services()[name]["command"]
+        assert command[command.index("--port") + 1] == port
+        assert target_name in services()[name]["networks"]["default"]["aliases"], name
+    for name in ("postgres", "migrate", "lb"):
+        assert "networks" not in services()[name], f"{name} must not answer as a replica"
+
+
+def test_the_load_balancer_publishes_on_loopback_unless_told_otherwise() -> None:
+    (published,) = services()["lb"]["ports"]
+    assert (
+        published
+        == "${TALLYPROXY_PUBLISHED_ADDRESS:-127.0.0.1}:${TALLYPROXY_PUBLISHED_PORT:-8080}:8080"
+    )
+    assert interpolate(published) == "127.0.0.1:8080:8080"
+    given = {"TALLYPROXY_PUBLISHED_ADDRESS": "0.0.0.0", "TALLYPROXY_PUBLISHED_PORT": "80"}
+    assert interpolate(published, given) == "0.0.0.0:80:8080"
+
+
+def test_debians_docker_compose_1_29_accepts_the_top_level_keys() -> None:
+    # 1.29's schema has no `name:` ("'name' does not match any of the regexes"); the project
+    # takes the folder's name, or COMPOSE_PROJECT_NAME's.
+    assert set(compose()) - {"version"} <= {"services", "volumes", "x-tallyproxy", "x-replica"}
+    version = compose().get("version")
+    assert version is None or (isinstance(version, str) and version.startswith("3"))
+    readme = (ROOT / "README.md").read_text()
+    assert "COMPOSE_PROJECT_NAME" in readme[readme.index("## Scaling out") :]
+
+
+def test_the_stop_timeout_fits_the_shutdown_grace() -> None:
+    # SIGTERM: running streams get server.shutdown_grace, then the writer its drain; a
+    # SIGKILL before both are over loses the streams' records.
+    needed = Settings().server.shutdown_grace + SHUTDOWN_DRAIN_SECONDS
+    for name in REPLICAS:
+        stop = services()[name]["stop_grace_period"]
+        assert stop == f"{STOP_TIMEOUT}s", name
+    assert needed + 10 <= STOP_TIMEOUT
+    assert dict(final_stage())["STOPSIGNAL"] == "SIGTERM"
+    readme = (ROOT / "README.md").read_text()
+    advice = readme.index(f"docker stop -t {STOP_TIMEOUT}")
+    assert "10 s" in readme[advice - 600 : advice + 600], "say what the 10 s default does"
+
+
+def test_the_images_can_be_replaced_by_variables() -> None:
+    # A machine that cannot pull from a registry runs the stack on stand-ins built from
+    # Debian's packages (deploy/standins/build.sh).
+    build_args = services()["migrate"]["build"]["args"]
+    assert build_args["PYTHON_IMAGE"] == "${TALLYPROXY_PYTHON_IMAGE:-python:3.11-slim-bookworm}"
+    assert interpolate(build_args["PYTHON_IMAGE"]) == dockerfile_default("PYTHON_IMAGE")
+    assert services()["postgres"]["image"].startswith("${TALLYPROXY_POSTGRES_IMAGE:-")
+    assert services()["lb"]["image"].startswith("${TALLYPROXY_NGINX_IMAGE:-")
 
 
 # -- deploy/nginx.conf ----------------------------------------------------------------------
 
 
+def replicas_target() -> tuple[str, str]:
+    """The name and port that nginx sends to, through a variable so it is resolved again."""
+    conf = NGINX_CONF.read_text()
+    match = re.search(r"^\s*set \$replicas ([\w.-]+):(\d+);", conf, re.MULTILINE)
+    assert match is not None
+    return match[1], match[2]
+
+
+def test_nginx_resolves_the_replicas_again_while_it_runs() -> None:
+    # An upstream block's servers are resolved once at start: a replica restarted on another
+    # address would get no traffic until nginx restarts.
+    conf = NGINX_CONF.read_text()
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=5s ipv6=off;", conf, re.MULTILINE)
+    assert re.findall(r"^\s*proxy_pass (\S+);", conf, re.MULTILINE) == ["http://$replicas"]
+    assert not re.search(r"^\s*upstream\s", conf, re.MULTILINE)
+
+
 def test_nginx_config_is_streaming_friendly() -> None:
     conf = NGINX_CONF.read_text()
     for directive in (
-        "least_conn;",
         "proxy_buffering off;",
         "proxy_request_buffering off;",
         "proxy_http_version 1.1;",
@@ -209,11 +280,8 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
             "nginx is not installed, so deploy/nginx.conf cannot be checked: "
             "apt-get install -y nginx (Debian/Ubuntu)"
         )
-    conf = NGINX_CONF.read_text()
-    # The replicas' names resolve only inside compose's network: map them to local addresses.
-    for number, name in enumerate(REPLICAS, start=1):
-        conf = conf.replace(f"server {name}:", f"server 127.0.0.{number}:")
-    (tmp_path / "nginx.conf").write_text(conf)
+    # The replicas' name is looked up per request, so the config checks without compose's DNS.
+    (tmp_path / "nginx.conf").write_text(NGINX_CONF.read_text())
     (tmp_path / "logs").mkdir()
     done = subprocess.run(
         [
@@ -280,7 +348,7 @@ def dockerignored(path: str) -> bool:
 def test_dockerfile_has_a_build_stage_and_a_slim_runtime() -> None:
     instructions = dockerfile()
     known = {"ARG", "FROM", "ENV", "RUN", "WORKDIR", "COPY", "USER", "EXPOSE"}
-    known |= {"HEALTHCHECK", "STOPSIGNAL", "ENTRYPOINT", "CMD"}
+    known |= {"HEALTHCHECK", "STOPSIGNAL", "ENTRYPOINT", "CMD", "VOLUME"}
     assert {keyword for keyword, _ in instructions} <= known
     stages = [args for keyword, args in instructions if keyword == "FROM"]
     assert len(stages) == 2 and stages[0].endswith(" AS build")
@@ -302,12 +370,17 @@ def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
         assert dockerignored(unwanted), unwanted
 
 
+def dockerfile_default(name: str) -> str:
+    return next(a for k, a in dockerfile() if k == "ARG" and a.startswith(f"{name}=")).split(
+        "=", 1
+    )[1]
+
+
 def test_the_image_runs_tallyproxy_serve_as_a_user_with_a_health_check() -> None:
     stage = final_stage()
     args = dict(stage)
     assert args["USER"].split(":")[0] not in ("root", "0")
-    assert "useradd" in args["RUN"] and f"mkdir {SPOOL}" in args["RUN"]
-    assert args["WORKDIR"] == IMAGE_HOME
+    assert "useradd" in args["RUN"] and f"mkdir {DATA}" in args["RUN"]
     assert "/healthz" in args["HEALTHCHECK"] and args["HEALTHCHECK"].split()[0] == "--interval=10s"
     entrypoint = yaml.safe_load(args["ENTRYPOINT"])
     command = yaml.safe_load(args["CMD"])
@@ -318,14 +391,98 @@ def test_the_image_runs_tallyproxy_serve_as_a_user_with_a_health_check() -> None
     assert args["EXPOSE"] == "8080"
 
 
+def test_user_and_group_ids_are_pinned() -> None:
+    # A bind-mounted directory is made writable with `chown 10001:10001`, whatever the base.
+    run = shlex.split(dict(final_stage())["RUN"])
+    groupadd, useradd = run.index("groupadd"), run.index("useradd")
+    assert run[run.index("--gid", groupadd) + 1] == IMAGE_IDS
+    assert run[run.index("--uid", useradd) + 1] == IMAGE_IDS
+    assert run[run.index("--gid", useradd) + 1] == IMAGE_IDS
+    assert dict(final_stage())["USER"] == f"{IMAGE_IDS}:{IMAGE_IDS}"
+    assert f"chown {IMAGE_IDS}:{IMAGE_IDS} {DATA}" in dict(final_stage())["RUN"]
+    readme = (ROOT / "README.md").read_text()
+    assert f"chown {IMAGE_IDS}:{IMAGE_IDS}" in readme
+
+
+def test_the_sqlite_file_and_the_spool_live_on_the_advised_volume() -> None:
+    stage = dict(final_stage())
+    assert stage["VOLUME"] == DATA and stage["WORKDIR"] == DATA
+    defaults = DatabaseSettings()
+    sqlite_file = defaults.url.removeprefix("sqlite+aiosqlite:///")
+    for relative in (sqlite_file, defaults.spool_dir):
+        assert not relative.startswith("/"), relative
+        resolved = PurePosixPath(os.path.normpath(PurePosixPath(DATA) / relative))
+        assert resolved.is_relative_to(DATA), relative
+    # No environment variable of the image sets them: a config file's keys would be masked.
+    env = " ".join(a for k, a in final_stage() if k == "ENV")
+    assert "TALLYPROXY_DATABASE_URL" not in env
+
+
+def build_stage() -> list[tuple[str, str]]:
+    return dockerfile()[: [k for k, _ in dockerfile()].index("FROM", 2)]
+
+
+def test_the_dependencies_install_in_a_layer_before_the_source() -> None:
+    build = build_stage()
+    runs = [i for i, (k, a) in enumerate(build) if k == "RUN" and "pip install" in a]
+    source = next(i for i, (k, a) in enumerate(build) if k == "COPY" and "proxy" in a.split())
+    assert len(runs) == 2 and runs[0] < source < runs[1]
+    copied = [s for k, a in build[: runs[0]] if k == "COPY" for s in a.split()[:-1]]
+    assert sorted(copied) == [
+        "constraints.txt",
+        "deploy/requirements.py",
+        "pyproject.toml",
+    ]
+    dependencies = build[runs[0]][1]
+    assert "--constraint constraints.txt --requirement requirements.txt" in dependencies
+    package = shlex.split(build[runs[1]][1])
+    assert package[-2] == "--no-deps" and package[-1].startswith("/src")
+
+
+def test_the_requirements_script_lists_the_dependencies_and_the_extras() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def listed(*argv: str) -> list[str]:
+        script = ROOT / "deploy" / "requirements.py"
+        done = subprocess.run(
+            [sys.executable, str(script), *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.splitlines()
+
+    assert listed("") == listed() == project["dependencies"]
+    llama = project["optional-dependencies"]["llama"]
+    assert listed("llama") == project["dependencies"] + llama
+
+
+def test_every_runtime_dependency_is_pinned_in_the_constraints() -> None:
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, sep, version = line.partition("==")
+        assert sep and re.fullmatch(r"[\w.+]+", version), f"not a pin: {line}"
+        pins[canonical(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = canonical(re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0])
+        assert name in pins, f"constraints.txt lacks a pin for {name}"
+    assert "tallyproxy" not in pins and "pytest" not in pins and "ruff" not in pins
+
+
 def test_the_llama_extra_is_an_optional_build_argument() -> None:
-    build = dockerfile()[: [k for k, _ in dockerfile()].index("FROM", 2)]
+    build = build_stage()
     assert ("ARG", 'EXTRAS=""') in build
     install = next(a for k, a in build if k == "RUN" and "pip install" in a)
-    assert "${EXTRAS:+[$EXTRAS]}" in install
+    assert re.search(r'requirements\.py "\$\{?EXTRAS\}?"', install)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "llama" in extras["optional-dependencies"]
-    assert shlex.split(install)[-1].startswith("/src")
 
 
 # -- config.example.yaml ---------------------------------------------------------------------
