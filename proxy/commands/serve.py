@@ -47,10 +47,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.access.mode import access_mode
+    from proxy.banner import AnnounceWhenReady, banner_lines
     from proxy.connections import ConnectionGuard
 
     try:
-        access_mode(settings)  # an open configuration stops here, before any worker starts
+        mode = access_mode(settings)  # an open configuration stops here, before any worker starts
     except ConfigError as exc:
         print(f"tallyproxy: {exc}", file=sys.stderr)
         return 2
@@ -70,9 +71,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         ).protocol_factory(),
         "ws": "none",  # no WebSocket routes: no websockets module in memory
     }
+    lines = banner_lines(settings, mode, workers=args.workers)
     if args.workers <= 1:
-        uvicorn.run(worker_app(settings), **options)
+        uvicorn.run(AnnounceWhenReady(worker_app(settings), lines), **options)
         return 0
+    for line in lines:  # the supervisor's, once: each worker has its own lifespan
+        log.info("%s", line)
     # The supervisor only starts and watches the workers: it never imports the app (~70 MB).
     with tempfile.TemporaryDirectory(prefix="tallyproxy-") as private:
         _hand_settings_to_workers(settings, Path(private))
