@@ -24,6 +24,7 @@ FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
     "host": ("server", "host"),
     "port": ("server", "port"),
     "log_level": ("server", "log_level"),
+    "log_format": ("logging", "format"),
     "upstream": ("upstream", "url"),
 }
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tallyproxy: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, settings.logging.format)
     missing = None if args.command in CREATING else missing_sqlite_file(settings.database.url)
     if missing is not None:
         print(

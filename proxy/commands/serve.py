@@ -16,8 +16,9 @@ from proxy.commands.common import database_flags, read_flags
 from proxy.config import ENV_KEYS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from proxy.connections import ConnectionLimits
-    from proxy.fastpath import ProxyFastPath
 
 log = logging.getLogger(__name__)
 # Linux's default ceiling (fs.nr_open) when the hard limit is "unlimited".
@@ -34,6 +35,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--upstream", help="upstream base URL (default https://api.openai.com/v1)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text, or one JSON object a line for log shippers (or TALLYPROXY_LOG_FORMAT)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -124,12 +130,20 @@ def connection_limits(settings: Settings, descriptors: int) -> ConnectionLimits:
     return ConnectionLimits(server.header_timeout, bound, server.max_connections_per_client)
 
 
-def worker_app(settings: Settings | None = None) -> ProxyFastPath:
+def worker_app(settings: Settings | None = None) -> ASGIApp:
     """The app of one process; a ``--workers`` process reads the settings its parent resolved."""
     from proxy.app import create_app
     from proxy.fastpath import ProxyFastPath
+    from proxy.logs import configure_logging
+    from proxy.requestlog import UnrecordedRequests
 
-    return ProxyFastPath(create_app(settings if settings is not None else load_settings()))
+    if settings is None:  # a fresh interpreter: its log lines need a handler of their own
+        settings = load_settings()
+        configure_logging(settings.server.log_level, settings.logging.format)
+    app = ProxyFastPath(create_app(settings))
+    if not settings.logging.access:
+        return app
+    return UnrecordedRequests(app)
 
 
 def _hand_settings_to_workers(settings: Settings, directory: Path) -> None:
