@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from proxy.connections import ConnectionLimits
 
 log = logging.getLogger(__name__)
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app does not start
 # Linux's default ceiling (fs.nr_open) when the hard limit is "unlimited".
 NR_OPEN_DEFAULT = 1024 * 1024
 
@@ -55,6 +57,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from proxy.access.mode import access_mode
     from proxy.banner import AnnounceWhenReady, banner_lines
     from proxy.connections import ConnectionGuard
+    from proxy.shutdown import CuttingServer
 
     try:
         mode = access_mode(settings)  # an open configuration stops here, before any worker starts
@@ -79,8 +82,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     }
     lines = banner_lines(settings, mode, workers=args.workers)
     if args.workers <= 1:
-        uvicorn.run(AnnounceWhenReady(worker_app(settings), lines), **options)
-        return 0
+        server = CuttingServer(
+            uvicorn.Config(AnnounceWhenReady(worker_app(settings), lines), **options)
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a Ctrl-C once done
+            server.run()
+        return 0 if server.started else STARTUP_FAILURE
     for line in lines:  # the supervisor's, once: each worker has its own lifespan
         log.info("%s", line)
     # The supervisor only starts and watches the workers: it never imports the app (~70 MB).
