@@ -381,6 +381,11 @@ def main() -> int:
         "--warmup", type=float, default=2, help="seconds of unmeasured load on the proxy first"
     )
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="the proxy logs at info, so a line per request, into a file (default: warning)",
+    )
+    parser.add_argument(
         "--profile", metavar="DIR", type=Path, help="sample the proxy with py-spy into DIR"
     )
     args = parser.parse_args()
@@ -397,11 +402,13 @@ def main() -> int:
     config = write_config(tmp, json_port, stream_port, args.drift_sample_rate)
     proxy_cmd = [
         sys.executable, "-m", "proxy", "serve", "--config", str(config),
-        "--port", str(proxy_port), "--database-url", database_url, "--log-level", "warning",
+        "--port", str(proxy_port), "--database-url", database_url,
+        "--log-level", "info" if args.access_log else "warning",
     ]  # fmt: skip
     if args.workers > 1:
         proxy_cmd += ["--workers", str(args.workers)]
-    proxy = subprocess.Popen(proxy_cmd, cwd=tmp)
+    proxy_log = (tmp / "proxy.log").open("wb") if args.access_log else None
+    proxy = subprocess.Popen(proxy_cmd, cwd=tmp, stderr=proxy_log)
     print(
         f"upstream: {'nginx' if use_nginx else 'python canned_upstream'}; load: "
         f"{'wrk' if use_wrk else 'python'}; proxy workers: {args.workers}; database: "

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,8 @@ from proxy.forward import Forwarder
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
-from proxy.records import Exchange
+from proxy.records import Exchange, RequestRecord
+from proxy.requestlog import logging_records
 from proxy.session_costs import SessionCosts
 from proxy.startup import QuietStartupFailure
 from proxy.store.access import KeyStore
@@ -53,6 +54,7 @@ from proxy.upstream_client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
+Prepare = Callable[[list[Exchange]], list[RequestRecord]]
 PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 SHUTDOWN_DRAIN_SECONDS = 30.0
 
@@ -83,7 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         journal = Journal(Path(settings.database.spool_dir) / "journal")
         writer = RecordWriter(
             engine,
-            metrics.observing(partial(meter_batch, counter, prices)),
+            _logging_records(settings, metrics.observing(partial(meter_batch, counter, prices))),
             queue_size=settings.database.queue_size,
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
@@ -272,6 +274,10 @@ def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
         max_attempts=alerts.max_attempts,
         retry_seconds=alerts.retry_seconds,
     )
+
+
+def _logging_records(settings: Settings, prepare: Prepare) -> Prepare:
+    return logging_records(prepare) if settings.logging.access else prepare
 
 
 def _upstream_client(settings: Settings) -> UpstreamClient:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from proxy import __version__
 from proxy.commands import budgets, keys, migrate, prune, report, reprice, rollups, serve
+from proxy.commands.common import database_trouble, missing_sqlite_file
 from proxy.config import ConfigError, load_settings
+from proxy.logs import configure_logging
 
 COMMANDS = (serve, migrate, reprice, report, prune, rollups, keys, budgets)
+# The commands that may create the database: the others refuse a SQLite file not there yet.
+CREATING = ("serve", "migrate")
 
 # Flags that override a setting, whichever command has them.
 FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -21,6 +24,7 @@ FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
     "host": ("server", "host"),
     "port": ("server", "port"),
     "log_level": ("server", "log_level"),
+    "log_format": ("logging", "format"),
     "upstream": ("upstream", "url"),
 }
 
@@ -44,9 +48,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tallyproxy: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    exit_code: int = args.run(settings, args)
+    configure_logging(settings.server.log_level, settings.logging.format)
+    missing = None if args.command in CREATING else missing_sqlite_file(settings.database.url)
+    if missing is not None:
+        print(
+            f"tallyproxy: no database at {missing}: it does not exist yet. Run this where "
+            "`tallyproxy serve` runs, or give its database with --database-url or "
+            "TALLYPROXY_DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        exit_code: int = args.run(settings, args)
+    except Exception as exc:  # the CLI's boundary: database trouble is one line, not a traceback
+        trouble = database_trouble(exc, settings.database.url)
+        if trouble is None:
+            raise
+        print(f"tallyproxy: {trouble}", file=sys.stderr)
+        return 1
     return exit_code

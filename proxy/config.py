@@ -234,6 +234,13 @@ class AlertSettings(_Section):
         return value
 
 
+class LoggingSettings(_Section):
+    """The access log (a line per request, ``tallyproxy.access``) and how lines look."""
+
+    access: bool = True
+    format: Literal["text", "json"] = "text"
+
+
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key.
 
@@ -247,6 +254,7 @@ class Settings(_Section):
     metering: MeteringSettings = MeteringSettings()
     access: AccessSettings = AccessSettings()
     alerts: AlertSettings = AlertSettings()
+    logging: LoggingSettings = LoggingSettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None
@@ -268,6 +276,7 @@ ENV_KEYS: Mapping[str, tuple[str, ...]] = {
     "TALLYPROXY_HOST": ("server", "host"),
     "TALLYPROXY_PORT": ("server", "port"),
     "TALLYPROXY_LOG_LEVEL": ("server", "log_level"),
+    "TALLYPROXY_LOG_FORMAT": ("logging", "format"),
     "TALLYPROXY_MAX_CONNECTIONS_PER_CLIENT": ("server", "max_connections_per_client"),
 }
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from proxy.config import Settings
@@ -37,6 +39,51 @@ def read_flags(parser: argparse.ArgumentParser) -> None:
         help="a Postgres streaming replica to read from: postgresql+asyncpg://... "
         "(or TALLYPROXY_DATABASE_READ_URL)",
     )
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names when it does not exist yet, else None (Postgres, memory).
+
+    A command that reads or changes records must not create an empty database and report
+    zeros: run from another folder, the default ``./tallyproxy.db`` is a new file.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # the command's own connect says what is wrong with it
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path.resolve()
+
+
+def database_trouble(exc: BaseException, url: str) -> str | None:
+    """One line for a database that cannot be reached or used; None when ``exc`` is
+    something else (a bug, which keeps its traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from proxy.banner import redacted_url
+    from proxy.store.availability import error_reason, is_unreachable
+
+    network = (ConnectionError, TimeoutError, socket.gaierror)
+    if not isinstance(exc, (SQLAlchemyError, *network)) and not _from_driver(exc):
+        return None
+    backend = "sqlite" if url.startswith("sqlite") else "postgresql"
+    shown = redacted_url(url)
+    if is_unreachable(exc, backend):
+        return (
+            f"cannot reach the database {shown}: {error_reason(exc)}; is it running, and "
+            "is database.url (--database-url, TALLYPROXY_DATABASE_URL) right?"
+        )
+    return f"cannot use the database {shown}: {error_reason(exc)}; check database.url"
+
+
+def _from_driver(exc: BaseException) -> bool:
+    # asyncpg raises some errors of its own (a refused password) outside SQLAlchemy's wrapping.
+    return type(exc).__module__.split(".")[0] == "asyncpg"
 
 
 def moment(text: str) -> datetime:

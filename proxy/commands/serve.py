@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -16,10 +17,12 @@ from proxy.commands.common import database_flags, read_flags
 from proxy.config import ENV_KEYS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from proxy.connections import ConnectionLimits
-    from proxy.fastpath import ProxyFastPath
 
 log = logging.getLogger(__name__)
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app does not start
 # Linux's default ceiling (fs.nr_open) when the hard limit is "unlimited".
 NR_OPEN_DEFAULT = 1024 * 1024
 
@@ -35,6 +38,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--upstream", help="upstream base URL (default https://api.openai.com/v1)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text, or one JSON object a line for log shippers (or TALLYPROXY_LOG_FORMAT)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -47,10 +55,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.access.mode import access_mode
+    from proxy.banner import AnnounceWhenReady, banner_lines
     from proxy.connections import ConnectionGuard
+    from proxy.shutdown import CuttingServer
 
     try:
-        access_mode(settings)  # an open configuration stops here, before any worker starts
+        mode = access_mode(settings)  # an open configuration stops here, before any worker starts
     except ConfigError as exc:
         print(f"tallyproxy: {exc}", file=sys.stderr)
         return 2
@@ -70,9 +80,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         ).protocol_factory(),
         "ws": "none",  # no WebSocket routes: no websockets module in memory
     }
+    lines = banner_lines(settings, mode, workers=args.workers)
     if args.workers <= 1:
-        uvicorn.run(worker_app(settings), **options)
-        return 0
+        server = CuttingServer(
+            uvicorn.Config(AnnounceWhenReady(worker_app(settings), lines), **options)
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a Ctrl-C once done
+            server.run()
+        return 0 if server.started else STARTUP_FAILURE
+    for line in lines:  # the supervisor's, once: each worker has its own lifespan
+        log.info("%s", line)
     # The supervisor only starts and watches the workers: it never imports the app (~70 MB).
     with tempfile.TemporaryDirectory(prefix="tallyproxy-") as private:
         _hand_settings_to_workers(settings, Path(private))
@@ -120,12 +137,20 @@ def connection_limits(settings: Settings, descriptors: int) -> ConnectionLimits:
     return ConnectionLimits(server.header_timeout, bound, server.max_connections_per_client)
 
 
-def worker_app(settings: Settings | None = None) -> ProxyFastPath:
+def worker_app(settings: Settings | None = None) -> ASGIApp:
     """The app of one process; a ``--workers`` process reads the settings its parent resolved."""
     from proxy.app import create_app
     from proxy.fastpath import ProxyFastPath
+    from proxy.logs import configure_logging
+    from proxy.requestlog import UnrecordedRequests
 
-    return ProxyFastPath(create_app(settings if settings is not None else load_settings()))
+    if settings is None:  # a fresh interpreter: its log lines need a handler of their own
+        settings = load_settings()
+        configure_logging(settings.server.log_level, settings.logging.format)
+    app = ProxyFastPath(create_app(settings))
+    if not settings.logging.access:
+        return app
+    return UnrecordedRequests(app)
 
 
 def _hand_settings_to_workers(settings: Settings, directory: Path) -> None:

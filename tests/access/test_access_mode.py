@@ -148,7 +148,7 @@ async def test_serve_logs_its_access_mode_at_start(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             refused = await api.post("/v1/chat/completions", json=CHAT)
     assert refused.status_code == 401
-    lines = [line for line in log.read_text().splitlines() if "access: " in line]
+    lines = [line for line in log.read_text().splitlines() if "proxy.app: access: " in line]
     assert len(lines) == 1 and "access: locked" in lines[0], log.read_text()
 
 

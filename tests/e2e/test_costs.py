@@ -179,6 +179,9 @@ async def test_reprice_after_a_price_change(
 
 def test_reprice_dry_run_on_an_empty_database(tmp_path: Path) -> None:
     database = f"sqlite+aiosqlite:///{tmp_path}/empty.db"
+    # reprice refuses a file that does not exist yet: migrate makes the empty database.
+    migrate = [sys.executable, "-m", "proxy", "migrate", "--database-url", database]
+    subprocess.run(migrate, capture_output=True, check=True, timeout=120)
     command = [sys.executable, "-m", "proxy", "reprice", "--database-url", database]
     command += ["--since", "2026-01-01", "--dry-run"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
