@@ -9,6 +9,13 @@ import pytest
 from proxy.cli import main
 
 
+@pytest.fixture(autouse=True)
+def migrated(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The database exists, as where `tallyproxy serve` ran: the commands refuse a new file."""
+    assert main(["migrate", "--database-url", database_url]) == 0
+    capsys.readouterr()
+
+
 def test_create_list_and_revoke(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     db = ["--database-url", database_url]
     created = main(
