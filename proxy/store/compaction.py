@@ -63,18 +63,8 @@ async def note_compacted(connection: AsyncConnection, day: datetime, now: dateti
     still written to is left to the round after its end."""
     if day + DAY > bucket_start(now - GRACE, "day"):
         return
-    until = await connection.scalar(select(rollup_state.c.compacted_until))
-    if until is None:
-        older = await connection.scalar(
-            select(func.min(rollups.c.bucket_start)).where(
-                rollups.c.cube == "total", rollups.c.grain == "day", rollups.c.bucket_start < day
-            )
-        )
-        if older is not None:
-            return  # days before the rebuilt ones, never compacted
-    elif until != day:
-        return  # already past it, or a gap of uncompacted days before it
-    await connection.execute(update(rollup_state).values(compacted_until=day + DAY))
+    if await _first_uncompacted_day(connection) == day:
+        await connection.execute(update(rollup_state).values(compacted_until=day + DAY))
 
 
 async def compact_finished_days(engine: AsyncEngine, now: datetime) -> int:
@@ -83,7 +73,8 @@ async def compact_finished_days(engine: AsyncEngine, now: datetime) -> int:
     if engine.dialect.name != "postgresql":
         return 0
     ready_until = bucket_start(now - GRACE, "day")  # the days before it are over
-    first = await _first_uncompacted_day(engine)
+    async with engine.connect() as connection:
+        first = await _first_uncompacted_day(connection)
     if first is None:
         return 0
     days = 0
@@ -111,16 +102,16 @@ async def vacuum_rollups(engine: AsyncEngine) -> None:
         await autocommit.exec_driver_sql("VACUUM (ANALYZE) rollups")
 
 
-async def _first_uncompacted_day(engine: AsyncEngine) -> datetime | None:
-    async with engine.connect() as connection:
-        until = await connection.scalar(select(rollup_state.c.compacted_until))
-        if until is not None:
-            return until  # type: ignore[no-any-return]
-        oldest = await connection.scalar(
-            select(func.min(rollups.c.bucket_start)).where(
-                rollups.c.cube == "total", rollups.c.grain == "day"
-            )
+async def _first_uncompacted_day(connection: AsyncConnection) -> datetime | None:
+    """``compacted_until``, or before any compaction the day of the oldest daily cell."""
+    until = await connection.scalar(select(rollup_state.c.compacted_until))
+    if until is not None:
+        return until  # type: ignore[no-any-return]
+    oldest = await connection.scalar(
+        select(func.min(rollups.c.bucket_start)).where(
+            rollups.c.cube == "total", rollups.c.grain == "day"
         )
+    )
     return None if oldest is None else bucket_start(oldest, "day")
 
 
