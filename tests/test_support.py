@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import asyncpg  # type: ignore[import-untyped]
@@ -446,3 +447,14 @@ def test_run_process_server_starts_and_terminates(tmp_path: Path) -> None:
     with run_process_server(argv, port, health_path="/", cwd=str(tmp_path)) as proc:
         assert proc.poll() is None
     assert proc.returncode is not None
+
+
+@pytest.mark.parametrize("n", [0, 129, 10**9, "2", 1.5, True])
+async def test_an_n_openai_refuses_is_a_400_naming_n(client: openai.AsyncOpenAI, n: Any) -> None:
+    """As OpenAI bounds ``n``: a fuzzed n of a billion once made the fake build that many
+    choices, and the test run ran out of memory."""
+    with pytest.raises(openai.BadRequestError) as chat:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, n=n)
+    with pytest.raises(openai.BadRequestError) as legacy:
+        await client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", n=n)
+    assert chat.value.param == legacy.value.param == "n"

@@ -514,6 +514,18 @@ class FakeUpstream:
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         return self._json(body, scenario, status=status)
 
+    def _invalid_n(self, payload: dict[str, Any], scenario: _Scenario) -> _Wire:
+        message = f"Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, got {payload['n']!r}."
+        body = {
+            "error": {
+                "message": message[:200],
+                "type": "invalid_request_error",
+                "param": "n",
+                "code": "invalid_value",
+            }
+        }
+        return self._json(body, scenario, status=400)
+
     async def _not_found(self, request: Request) -> _Wire:
         _, scenario = await self._receive(request)
         message = f"Invalid URL ({request.method} {request.url.path})"
@@ -553,7 +565,9 @@ class FakeUpstream:
             "service_tier": "default",
             "system_fingerprint": "fp_fake0000",
         }
-        n = int(payload.get("n") or 1)
+        n = _choice_count(payload)
+        if n is None:
+            return self._invalid_n(payload, scenario)
         if payload.get("stream"):
             return self._stream(list(self._chat_events(payload, scenario, base, n, tool)), scenario)
         if tool is not None:
@@ -639,7 +653,9 @@ class FakeUpstream:
             "model": self._model(payload, "gpt-3.5-turbo-instruct"),
             "system_fingerprint": None,
         }
-        n = int(payload.get("n") or 1)
+        n = _choice_count(payload)
+        if n is None:
+            return self._invalid_n(payload, scenario)
         if not payload.get("stream"):
             choices = [
                 {"text": self.reply, "index": i, "logprobs": None, "finish_reason": "stop"}
@@ -848,6 +864,21 @@ class FakeUpstream:
             _sse({"type": "message_stop"}, event="message_stop"),
         ]
         return self._stream(events, scenario)
+
+
+MAX_CHOICES = 128
+"""OpenAI's bound on ``n``: a fuzzed ``n`` of a billion made the fake build a billion choices."""
+
+
+def _choice_count(payload: dict[str, Any]) -> int | None:
+    """``n`` as OpenAI reads it: absent or null is 1, an integer from 1 to 128 is itself,
+    anything else (None here) is refused with a 400."""
+    n = payload.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES:
+        return n
+    return None
 
 
 def _first_tool(payload: Any) -> str | None:
