@@ -14,10 +14,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
 
-from proxy.config import UpstreamSettings
+from proxy.api.params import invalid_query, parse_time
 from proxy.errors import error_body
+from proxy.price_hint import provider_for_model
 from proxy.pricing import PriceBook
-from proxy.routing import NoRoute, choose_upstream
+from proxy.store.queries import InvalidQuery
 
 
 def prices_router(*, dependencies: Sequence[params.Depends] = ()) -> APIRouter:
@@ -32,8 +33,13 @@ async def get_price(
     request: Request,
     model: Annotated[str | None, Query()] = None,
     provider: Annotated[str | None, Query()] = None,
+    at: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
-    """The price entry for ``model``: rates in USD per million tokens, source and version."""
+    """The price entry for ``model``: rates in USD per million tokens, source and version.
+
+    ``at`` (ISO-8601, default now) picks the rates in force then: genai-prices has prices
+    that change by date and by time of day (DeepSeek's off-peak half rate).
+    """
     if not model:
         body = error_body(
             "model is required, e.g. /usage/prices?model=gpt-4o",
@@ -41,10 +47,14 @@ async def get_price(
             param="model",
         )
         return JSONResponse(body, status_code=400)
+    try:
+        moment = parse_time(at, "at")
+    except InvalidQuery as exc:
+        return invalid_query(exc)
     prices: PriceBook = request.app.state.prices
     if provider is None:
-        provider = pricing_provider(request.app.state.settings.routes, model)
-    described = prices.describe(model, provider=provider)
+        provider = provider_for_model(request.app.state.settings.routes, model)
+    described = prices.describe(model, provider=provider, at=moment)
     if described is None:
         message = (
             f"no price known for model {model!r}; add one under 'prices:' in the config "
@@ -53,11 +63,3 @@ async def get_price(
         body = error_body(message, "invalid_request_error", param="model", code="unknown_price")
         return JSONResponse(body, status_code=404)
     return JSONResponse(described)
-
-
-def pricing_provider(routes: Sequence[UpstreamSettings], model: str) -> str | None:
-    """The provider hint a request for ``model`` is priced with: its upstream's."""
-    try:
-        return choose_upstream(routes, model).pricing_provider
-    except NoRoute:
-        return None

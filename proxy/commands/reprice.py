@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from proxy.commands.common import database_flags, migrated_database, moment
 from proxy.config import Settings
 from proxy.money import format_usd
-from proxy.store.reprice import RepriceReport
+from proxy.store.reprice import PriceFunction, RepriceReport
+
+if TYPE_CHECKING:
+    from proxy.pricing import Cost
+    from proxy.usage import Usage
 
 
 def register(commands: Any) -> None:
@@ -21,7 +26,7 @@ def register(commands: Any) -> None:
         "--since", required=True, type=moment, help="ISO date/time (UTC) or an age: 90m, 24h, 7d"
     )
     parser.add_argument("--until", type=moment, help="end (exclusive), same forms as --since")
-    parser.add_argument("--model", help="only records of this model")
+    parser.add_argument("--model", help="only requests that named this model")
     parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
     parser.set_defaults(run=run)
 
@@ -31,14 +36,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _reprice(settings: Settings, args: argparse.Namespace) -> int:
-    from proxy.pricing import PriceBook
     from proxy.store.reprice import reprice
 
-    book = PriceBook(settings.prices)
     async with migrated_database(settings) as engine:
         report = await reprice(
             engine,
-            lambda model, usage, at: book.cost(model, usage, at=at),
+            record_prices(settings),
             since=args.since,
             until=args.until,
             model=args.model,
@@ -46,6 +49,20 @@ async def _reprice(settings: Settings, args: argparse.Namespace) -> int:
         )
     print(format_reprice_report(report, dry_run=args.dry_run))
     return 0
+
+
+def record_prices(settings: Settings) -> PriceFunction:
+    """Price stored records as the live proxy priced them: with their upstream's price list."""
+    from proxy.price_hint import provider_for_record
+    from proxy.pricing import PriceBook
+
+    book = PriceBook(settings.prices)
+
+    def price(model: str | None, upstream: str, usage: Usage, at: datetime) -> Cost | None:
+        provider = provider_for_record(settings.routes, upstream, model)
+        return book.cost(model, usage, provider=provider, at=at)
+
+    return price
 
 
 def format_reprice_report(report: RepriceReport, *, dry_run: bool) -> str:

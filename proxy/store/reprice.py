@@ -15,20 +15,22 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, select, update
+from sqlalchemy import Row, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy.pricing import Cost
+from proxy.pricing import NOTHING_CHARGED, Cost
 from proxy.store.cubes import MEASURES, rollup_rows
 from proxy.store.rollups import write_cells
 from proxy.store.tables import TOKEN_FIELDS, requests, sessions
 from proxy.store.types import EXACT, MONEY_SCALE
+from proxy.unbilled import billed_nothing
 from proxy.usage import Usage
 
 PAGE_SIZE = 1000
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 
-PriceFunction = Callable[[str | None, Usage, datetime], Cost | None]
+PriceFunction = Callable[[str | None, str, Usage, datetime], Cost | None]
+"""(model to price, upstream URL, usage, created at) -> cost, as the live path prices."""
 
 
 @dataclass
@@ -68,7 +70,11 @@ async def reprice(
     model: str | None = None,
     dry_run: bool = False,
 ) -> RepriceReport:
-    """Reprice the records created in ``[since, until)`` (of one ``model`` if given)."""
+    """Reprice the records created in ``[since, until)`` (of one ``model`` if given).
+
+    ``model`` is the model the requests named, as in every usage filter. Records without
+    usage are looked at only while unpriced: those that were not billed get cost 0.
+    """
     report = RepriceReport()
     after_id = ""
     while True:
@@ -93,30 +99,28 @@ async def _page(
     conditions = [
         requests.c.created_at >= since,
         requests.c.id > after_id,
-        requests.c.prompt_tokens.is_not(None),
+        or_(requests.c.prompt_tokens.is_not(None), requests.c.cost_usd.is_(None)),
     ]
     if until is not None:
         conditions.append(requests.c.created_at < until)
     if model is not None:
-        conditions.append(func.coalesce(requests.c.response_model, requests.c.model) == model)
+        conditions.append(requests.c.model == model)
     query = select(requests).where(and_(*conditions)).order_by(requests.c.id).limit(PAGE_SIZE)
     return list((await connection.execute(query)).all())
 
 
 def _examine(row: Row[Any], price: PriceFunction, report: RepriceReport) -> _Update | None:
-    usage = Usage(**{name: getattr(row, name) or 0 for name in TOKEN_FIELDS})
-    priced_as = row.response_model or row.model
-    new = price(priced_as, usage, row.created_at)
+    new = _new_cost(row, price)
     new_usd = None if new is None else new.usd.quantize(_QUANTUM, context=EXACT)
     old_usd: Decimal | None = row.cost_usd
-    stats = report.models[priced_as or "unknown"]
+    stats = report.models[row.model or "unknown"]
     report.examined += 1
     stats.records += 1
     stats.before += old_usd or 0
     stats.after += new_usd or 0
     stats.unpriced_before += old_usd is None
     stats.unpriced_after += new_usd is None
-    same_source = new is not None and (new.source, new.version) == (
+    same_source = new is not None and (new.source or None, new.version or None) == (
         row.price_source,
         row.price_version,
     )
@@ -130,6 +134,16 @@ def _examine(row: Row[Any], price: PriceFunction, report: RepriceReport) -> _Upd
     return _Update(row.id, row.session_id, old_usd, quantized, row)
 
 
+def _new_cost(row: Row[Any], price: PriceFunction) -> Cost | None:
+    if row.prompt_tokens is None:
+        unbilled = billed_nothing(
+            method=row.method, status_code=row.status_code, model=row.model, has_usage=False
+        )
+        return NOTHING_CHARGED if unbilled else None
+    usage = Usage(**{name: getattr(row, name) or 0 for name in TOKEN_FIELDS})
+    return price(row.response_model or row.model, row.upstream, usage, row.created_at)
+
+
 async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
     for item in changed:
         new = item.new
@@ -138,8 +152,8 @@ async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
             .where(requests.c.id == item.record_id)
             .values(
                 cost_usd=None if new is None else new.usd,
-                price_source=None if new is None else new.source,
-                price_version=None if new is None else new.version,
+                price_source=None if new is None else new.source or None,
+                price_version=None if new is None else new.version or None,
             )
         )
     deltas: dict[str, tuple[Decimal, int]] = {}

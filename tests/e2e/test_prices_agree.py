@@ -8,11 +8,15 @@ rates ``/usage/prices`` shows, and expects the record's cost to the last decimal
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from proxy.commands.reprice import record_prices
+from proxy.store.reprice import reprice
 from tests.e2e.conftest import RunningProxy, proxy_settings, start_proxy
 from tests.support.fake_upstream import FakeUpstream, FakeUsage
 
@@ -125,21 +129,48 @@ KNOWN_GAPS = [
 ]
 
 
+PEAK_HOURS = "2026-03-02T12:00:00Z"
+"""A moment DeepSeek bills its standard rate (off-peak, 16:30-00:30 UTC, is half)."""
+
+
 @pytest.mark.parametrize(("model", "provider", "rate", "usd"), KNOWN_GAPS)
 async def test_the_readme_known_gaps_hold(
     sqlite_proxy: RunningProxy, model: str, provider: str, rate: str, usd: str | None
 ) -> None:
     shown = await sqlite_proxy.api.get(
-        "/usage/prices", params={"model": model, "provider": provider}
+        "/usage/prices", params={"model": model, "provider": provider, "at": PEAK_HOURS}
     )
     assert shown.status_code == 200, shown.text
     price = shown.json()
     assert price["version"] in README.read_text()  # the README names the data's version
-    shown_rate = price["usd_per_million"][rate]
-    if provider == "deepseek" and usd is not None and shown_rate != usd:
-        # genai-prices applies DeepSeek's off-peak rate (half, 16:30-00:30 UTC) by the clock.
-        assert Decimal(shown_rate) == Decimal(usd) / 2
-    else:
-        assert shown_rate == usd
+    assert price["usd_per_million"][rate] == usd
     if model.startswith("claude-sonnet-4"):  # no long-context tier: no rate past a prompt size
         assert not any("once the prompt has more than" in n for n in price["notes"]), price
+
+
+async def test_repricing_with_the_same_prices_changes_nothing(
+    routed_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    """Reprice looks prices up as the live path did: with the upstream each record names.
+
+    Without the hint text-embedding-3-small (listed under OpenAI only) was set to null.
+    """
+    for model, endpoint, usage, _ in CASES:
+        fake_upstream.usage = usage
+        if endpoint == "embeddings":
+            await routed_proxy.sdk.embeddings.create(model=model, input="hello")
+        else:
+            await routed_proxy.sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}]
+            )
+    before = {r["id"]: r["cost_usd"] for r in await routed_proxy.records(len(CASES))}
+    assert None not in before.values()
+    engine = create_async_engine(routed_proxy.settings.database.url)
+    try:
+        since = datetime.now(UTC) - timedelta(hours=1)
+        report = await reprice(engine, record_prices(routed_proxy.settings), since=since)
+    finally:
+        await engine.dispose()
+    assert (report.examined, report.changed) == (len(CASES), 0)
+    after = {r["id"]: r["cost_usd"] for r in await routed_proxy.records(len(CASES))}
+    assert after == before

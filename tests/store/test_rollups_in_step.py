@@ -23,7 +23,7 @@ from tests.store.rollup_truth import (
 )
 
 
-def _new_price(model: str | None, usage: Usage, at: datetime) -> Cost | None:
+def _new_price(model: str | None, upstream: str, usage: Usage, at: datetime) -> Cost | None:
     """Another price list: gpt-4o loses its price, the unknown model gets one."""
     if model == "gpt-4o-2024":
         return None
