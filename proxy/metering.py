@@ -10,9 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.pricing import Cost, PriceBook
+from proxy.pricing import NOTHING_CHARGED, Cost, PriceBook
 from proxy.records import Exchange, RequestRecord, UsageSource
 from proxy.tokens import TokenCounter
+from proxy.unbilled import billed_nothing
 from proxy.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         cost = prices.cost(
             priced_model(exchange), usage, provider=exchange.provider, at=exchange.created_at
         )
+    elif cost is None and billed_nothing(
+        method=exchange.method,
+        status_code=exchange.status_code,
+        model=exchange.model,
+        has_usage=False,
+    ):
+        cost = NOTHING_CHARGED
     sampled = exchange.provider_usage is not None and estimate is not None
     return RequestRecord(
         id=exchange.id,

@@ -351,6 +351,7 @@ class FakeUpstream:
                 Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/images/generations", self._images, methods=["POST"]),
                 # Azure OpenAI's deployment URLs (``?api-version=`` is recorded, not checked).
                 Route("/openai/deployments/{name}/chat/completions", self._chat, methods=["POST"]),
                 Route("/openai/deployments/{name}/embeddings", self._embeddings, methods=["POST"]),
@@ -548,6 +549,17 @@ class FakeUpstream:
             {"id": n, "object": "model", "created": 1715367049, "owned_by": "system"} for n in names
         ]
         return self._json({"object": "list", "data": data}, scenario)
+
+    async def _images(self, request: Request) -> _Wire:
+        """DALL-E 3's answer (OpenAI's API reference): no usage, billed per image."""
+        payload, scenario = await self._receive(request)
+        if scenario.error_status:
+            return self._openai_error(scenario.error_status, scenario)
+        image = {
+            "url": "https://oaidalleapiprodscus.blob.core.windows.net/private/img-1.png",
+            "revised_prompt": str(payload.get("prompt", "")),
+        }
+        return self._json({"created": 1713833628, "data": [image]}, scenario)
 
     # -- chat completions ----------------------------------------------------------------
 
