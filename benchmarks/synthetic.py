@@ -213,6 +213,10 @@ class Synthetic:
             "ttft_ms": round(latency * rand.uniform(0.05, 0.4), 3) if stream else None,
             "error": None,
             "key_id": self._key(user_id),
+            "session_path": None,
+            "session_name": None,
+            "trace_id": None,
+            "span_id": None,
         }
         if rand.random() < ERROR_SHARE:
             row["status_code"], row["error"] = rand.choice(ERRORS)

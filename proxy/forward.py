@@ -171,6 +171,10 @@ class Forwarder:
             key_id=None if admission.key is None else admission.key.id,
             request_body=plan.json,
             sample_estimate=self.drift_sample_rate > random.random(),
+            session_path=tags.session_path,
+            session_name=tags.session_name,
+            trace_id=None if tags.trace is None else tags.trace.trace_id,
+            span_id=None if tags.trace is None else tags.trace.span_id,
         )
         if not plan.model_known and _model_matters(admission.key, self.budgets, exchange):
             return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header)

@@ -121,6 +121,10 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         ttft_ms=exchange.ttft_ms,
         error=exchange.error,
         key_id=exchange.key_id,
+        session_path=exchange.session_path,
+        session_name=exchange.session_name,
+        trace_id=exchange.trace_id,
+        span_id=exchange.span_id,
     )
 
 

@@ -60,6 +60,10 @@ class Exchange:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None
+    session_path: str | None = None
+    session_name: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -92,3 +96,9 @@ class RequestRecord:
     ttft_ms: float | None = None
     error: str | None = None
     key_id: str | None = None
+    # Where in its session the request was made (X-Session-Path, X-Session-Name), and the
+    # caller's trace and span (traceparent), so records join the app's own traces.
+    session_path: str | None = None
+    session_name: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None

@@ -66,7 +66,11 @@ def test_fill_stores_what_the_writer_stores(
     filled, written = asyncio.run(table_rows(database_url)), asyncio.run(table_rows(writer_url))
     assert len(filled["requests"]) == SHAPE.records
     assert filled["requests"] == written["requests"]
+    # Latency is a float sum: the writer adds batch by batch, the fill in one SUM.
+    filled_latency = [row.pop("latency_ms") for row in filled["sessions"]]
+    written_latency = [row.pop("latency_ms") for row in written["sessions"]]
     assert filled["sessions"] == written["sessions"]
+    assert filled_latency == pytest.approx(written_latency, rel=1e-9)
     assert 0 < len(filled["sessions"]) <= SHAPE.sessions
 
 

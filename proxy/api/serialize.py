@@ -39,6 +39,10 @@ RECORD_FIELDS: Final = (
     "ttft_ms",
     "error",
     "key_id",
+    "session_path",
+    "session_name",
+    "trace_id",
+    "span_id",
 )
 
 SESSION_FIELDS: Final = (
@@ -50,6 +54,9 @@ SESSION_FIELDS: Final = (
     "unpriced_requests",
     "first_request_at",
     "last_request_at",
+    "name",
+    "errors",
+    "latency_ms",
 )
 
 SUMMARY_FIELDS: Final = (
@@ -103,7 +110,22 @@ def session_json(row: Mapping[str, Any]) -> dict[str, Any]:
         }
         for model, totals in models.items()
     }
+    requests = result["requests"] or 0
+    result["error_rate"] = (result["errors"] or 0) / requests if requests else 0.0
+    tree = row.get("tree")
+    if tree is not None:
+        result["tree"] = _tree_json(tree)
     return result
+
+
+def _tree_json(node: Mapping[str, Any]) -> dict[str, Any]:
+    """One path node and its children: own and rolled-up totals, money as strings."""
+    return {
+        "path": node["path"],
+        "own": {name: _plain(value) for name, value in node["own"].items()},
+        "total": {name: _plain(value) for name, value in node["total"].items()},
+        "children": [_tree_json(child) for child in node["children"]],
+    }
 
 
 def summary_row_json(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def record_measures(rows: list[Mapping[str, Any]]) -> list[Any]:
         len(rows),
         *(sum(row[name] or 0 for row in rows) for name in TOKEN_FIELDS),
         costs.count(None),
-        sum(map(_is_error, rows)),
+        sum(map(is_error, rows)),
         len(latencies) - latencies.count(None),
         sum((cost for cost in costs if cost is not None), _ZERO),
         sum((float(latency) for latency in latencies if latency is not None), 0.0),
@@ -143,14 +143,15 @@ def _row_measures(row: Mapping[str, Any]) -> list[Any]:
         1,
         *(row[name] or 0 for name in TOKEN_FIELDS),
         1 if cost is None else 0,
-        _is_error(row),
+        is_error(row),
         0 if latency is None else 1,
         _ZERO if cost is None else cost,
         0.0 if latency is None else float(latency),
     ]
 
 
-def _is_error(row: Mapping[str, Any]) -> int:
+def is_error(row: Mapping[str, Any]) -> int:
+    """1 for a failed request: an error status, or an error noted (a stream cut short)."""
     status = row["status_code"]
     return 1 if (status is not None and status >= 400) or row["error"] is not None else 0
 

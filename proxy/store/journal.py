@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -87,6 +87,11 @@ def encode_exchange(exchange: Exchange) -> bytes:
             exchange.error,
             # Whether the record would have been estimated locally (and cannot be now).
             exchange.provider_usage is None and exchange.request_body is not None,
+            # Appended later: a line written before has none of these (decode_exchange).
+            exchange.session_path,
+            exchange.session_name,
+            exchange.trace_id,
+            exchange.span_id,
         ],
         option=orjson.OPT_APPEND_NEWLINE,
     )
@@ -114,7 +119,8 @@ def decode_exchange(line: bytes) -> Exchange:
             raise ValueError("not a version 1 journal line")
         (_, id_, created, method, endpoint, upstream, provider, stream, model, session_id,
          user_id, properties, key_id, status, response_model, usage, cost, completed,
-         latency_ms, ttft_ms, error, needed_estimate) = values  # fmt: skip
+         latency_ms, ttft_ms, error, needed_estimate) = values[:_FIRST_FIELDS]  # fmt: skip
+        session_path, session_name, trace_id, span_id = _later_fields(values)
         exchange = Exchange(
             id=id_,
             created_at=datetime.fromisoformat(created),
@@ -136,6 +142,10 @@ def decode_exchange(line: bytes) -> Exchange:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
             error=error,
+            session_path=session_path,
+            session_name=session_name,
+            trace_id=trace_id,
+            span_id=span_id,
         )
     except (TypeError, ArithmeticError) as exc:
         raise ValueError(f"unreadable journal line: {exc}") from None
@@ -144,6 +154,18 @@ def decode_exchange(line: bytes) -> Exchange:
     elif needed_estimate and exchange.error is None:
         exchange.error = ESTIMATE_LOST
     return exchange
+
+
+_FIRST_FIELDS = 22
+_LATER_FIELDS = 4
+
+
+def _later_fields(values: list[Any]) -> list[Any]:
+    """The fields appended after the first release of the format; None on older lines."""
+    later = values[_FIRST_FIELDS:]
+    if len(later) not in (0, _LATER_FIELDS):
+        raise ValueError(f"a journal line of {len(values)} fields")
+    return later or [None] * _LATER_FIELDS
 
 
 class _Identified(Protocol):

@@ -25,7 +25,8 @@ from proxy.store.filters import (
 from proxy.store.partitions import id_time_window
 from proxy.store.rollup_reads import SUMMARY_TOKENS, plan_summary, summary_query
 from proxy.store.rollups import rollups_complete
-from proxy.store.tables import requests, sessions
+from proxy.store.session_tree import session_tree
+from proxy.store.tables import requests, session_paths, sessions
 
 __all__ = ["GROUP_BY_CHOICES", "UNKNOWN_MODEL", "InvalidQuery", "UsageFilters", "UsageQueries"]
 
@@ -106,11 +107,15 @@ class UsageQueries:
         return rows[0] if rows else None
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
-        """The totals of one session with its per-model breakdown, or None."""
+        """The totals of one session with its per-model breakdown and path tree, or None."""
         rows = await self._fetch(select(sessions).where(sessions.c.session_id == session_id))
         if not rows:
             return None
         await self._add_models(rows)
+        nodes = await self._fetch(
+            select(session_paths).where(session_paths.c.session_id == session_id)
+        )
+        rows[0]["tree"] = session_tree(rows[0], nodes)
         return rows[0]
 
     async def list_sessions(

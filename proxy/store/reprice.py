@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.pricing import NOTHING_CHARGED, Cost
 from proxy.store.cubes import MEASURES, rollup_rows
 from proxy.store.rollups import write_cells
-from proxy.store.tables import TOKEN_FIELDS, requests, sessions
+from proxy.store.tables import TOKEN_FIELDS, requests, session_paths, sessions
 from proxy.store.types import EXACT, MONEY_SCALE
 from proxy.unbilled import billed_nothing
 from proxy.usage import Usage
@@ -156,33 +156,40 @@ async def _apply(connection: AsyncConnection, changed: list[_Update]) -> None:
                 price_version=None if new is None else new.version or None,
             )
         )
-    deltas: dict[str, tuple[Decimal, int]] = {}
+    deltas: dict[tuple[str, str | None], tuple[Decimal, int]] = {}
     for item in changed:
         if item.session_id is None:
             continue
-        delta, unpriced = deltas.get(item.session_id, (Decimal(0), 0))
-        delta += (item.new.usd if item.new else Decimal(0)) - (item.old or Decimal(0))
-        unpriced += (item.new is None) - (item.old is None)
-        deltas[item.session_id] = (delta, unpriced)
+        path = item.row.session_path
+        for key in {(item.session_id, None), (item.session_id, None if path == "/" else path)}:
+            delta, unpriced = deltas.get(key, (Decimal(0), 0))
+            delta += (item.new.usd if item.new else Decimal(0)) - (item.old or Decimal(0))
+            unpriced += (item.new is None) - (item.old is None)
+            deltas[key] = (delta, unpriced)
     await _move_sessions(connection, deltas)
     await write_cells(connection, _rollup_difference(changed))
 
 
 async def _move_sessions(
-    connection: AsyncConnection, deltas: dict[str, tuple[Decimal, int]]
+    connection: AsyncConnection, deltas: dict[tuple[str, str | None], tuple[Decimal, int]]
 ) -> None:
-    for session_id in sorted(deltas):
-        delta, unpriced = deltas[session_id]
-        new_unpriced = sessions.c.unpriced_requests + unpriced
+    """Move the cost of each session (path None) and of each of its path nodes."""
+    for session_id, path in sorted(deltas, key=lambda key: (key[0], key[1] or "")):
+        delta, unpriced = deltas[session_id, path]
+        table = sessions if path is None else session_paths
+        where = table.c.session_id == session_id
+        if path is not None:
+            where &= table.c.path == path
+        new_unpriced = table.c.unpriced_requests + unpriced
         await connection.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
+            update(table)
+            .where(where)
             .values(
                 unpriced_requests=new_unpriced,
                 # A session none of whose requests has a price has no cost, not a cost of 0.
                 cost_usd=case(
-                    (new_unpriced >= sessions.c.requests, None),
-                    else_=func.coalesce(sessions.c.cost_usd, 0) + delta,
+                    (new_unpriced >= table.c.requests, None),
+                    else_=func.coalesce(table.c.cost_usd, 0) + delta,
                 ),
             )
         )

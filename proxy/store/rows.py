@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.records import RequestRecord
 from proxy.store.budgets import settle as settle_budgets
 from proxy.store.copy import CopyRefused, copy_requests
+from proxy.store.cubes import is_error
 from proxy.store.rollups import add_to_rollups
-from proxy.store.tables import TOKEN_FIELDS, requests, sessions
+from proxy.store.tables import TOKEN_FIELDS, requests, session_paths, sessions
 from proxy.store.types import EXACT, stored_money
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,10 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "ttft_ms": record.ttft_ms,
         "error": record.error,
         "key_id": record.key_id,
+        "session_path": record.session_path,
+        "session_name": record.session_name,
+        "trace_id": record.trace_id,
+        "span_id": record.span_id,
     }
     for name in TOKEN_FIELDS:
         row[name] = None if usage is None else getattr(usage, name)
@@ -153,6 +158,35 @@ async def _insert_requests(connection: AsyncConnection, rows: list[dict[str, Any
     return set(result.scalars().all())
 
 
+_ADDITIVE = ("requests", *TOKEN_FIELDS, "unpriced_requests", "errors", "latency_ms")
+"""What a batch adds to a session's (a path node's) totals, beside the cost."""
+
+
+def _new_total(row: dict[str, Any], **key: Any) -> dict[str, Any]:
+    return {
+        **key,
+        **dict.fromkeys(_ADDITIVE, 0),
+        "cost_usd": None,
+        "first_request_at": row["created_at"],
+        "last_request_at": row["created_at"],
+    }
+
+
+def _add_row(total: dict[str, Any], row: dict[str, Any]) -> None:
+    total["requests"] += 1
+    for name in TOKEN_FIELDS:
+        total[name] += row[name] or 0
+    cost: Decimal | None = row["cost_usd"]
+    if cost is None:
+        total["unpriced_requests"] += 1
+    else:
+        known = total["cost_usd"]
+        total["cost_usd"] = cost if known is None else EXACT.add(known, cost)
+    total["errors"] += is_error(row)
+    total["latency_ms"] += row["latency_ms"] or 0.0
+    total["last_request_at"] = row["created_at"]
+
+
 def _session_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Sum the rows of each session of one batch, so each session is upserted once."""
     totals: dict[str, dict[str, Any]] = {}
@@ -162,29 +196,29 @@ def _session_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         total = totals.get(session_id)
         if total is None:
-            total = totals[session_id] = {
-                "session_id": session_id,
-                "user_id": None,
-                "requests": 0,
-                **dict.fromkeys(TOKEN_FIELDS, 0),
-                "cost_usd": None,
-                "unpriced_requests": 0,
-                "first_request_at": row["created_at"],
-                "last_request_at": row["created_at"],
-            }
-        total["requests"] += 1
-        for name in TOKEN_FIELDS:
-            total[name] += row[name] or 0
-        cost: Decimal | None = row["cost_usd"]
-        if cost is None:
-            total["unpriced_requests"] += 1
-        else:
-            known = total["cost_usd"]
-            total["cost_usd"] = cost if known is None else EXACT.add(known, cost)
-        total["last_request_at"] = row["created_at"]
+            total = totals[session_id] = _new_total(
+                row, session_id=session_id, user_id=None, name=None
+            )
+        _add_row(total, row)
         if row["user_id"] is not None:
             total["user_id"] = row["user_id"]
+        if row["session_name"] is not None:
+            total["name"] = row["session_name"]
     # A fixed order of row locks across replicas avoids deadlocks between concurrent batches.
+    return [totals[key] for key in sorted(totals)]
+
+
+def _path_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sum the rows of each session path node of one batch (the root ``/`` has no row)."""
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: (r["created_at"], r["id"])):
+        session_id, path = row["session_id"], row["session_path"]
+        if session_id is None or path is None or path == "/":
+            continue
+        total = totals.get((session_id, path))
+        if total is None:
+            total = totals[session_id, path] = _new_total(row, session_id=session_id, path=path)
+        _add_row(total, row)
     return [totals[key] for key in sorted(totals)]
 
 
@@ -192,6 +226,28 @@ async def _upsert_sessions(connection: AsyncConnection, rows: list[dict[str, Any
     totals = _session_totals(rows)
     if totals:
         await connection.execute(_session_upsert(connection.dialect.name), totals)
+    nodes = _path_totals(rows)
+    if nodes:
+        await connection.execute(_path_upsert(connection.dialect.name), nodes)
+
+
+def _added(table: Any, new: Any) -> dict[str, Any]:
+    """The additive updates of an upsert into ``table``: old + new, the cost kept if known."""
+    old = table.c
+    updates: dict[str, Any] = {name: old[name] + new[name] for name in _ADDITIVE}
+    updates |= {
+        # null + x is null in SQL: the coalesce chain keeps whichever side is known.
+        "cost_usd": func.coalesce(old.cost_usd + new.cost_usd, old.cost_usd, new.cost_usd),
+        "first_request_at": case(
+            (new.first_request_at < old.first_request_at, new.first_request_at),
+            else_=old.first_request_at,
+        ),
+        "last_request_at": case(
+            (new.last_request_at >= old.last_request_at, new.last_request_at),
+            else_=old.last_request_at,
+        ),
+    }
+    return updates
 
 
 @functools.cache
@@ -201,20 +257,21 @@ def _session_upsert(dialect_name: str) -> Any:
     statement = _insert(dialect_name, sessions)
     new = statement.excluded
     old = sessions.c
-    additive = ("requests", *TOKEN_FIELDS, "unpriced_requests")
     newer = new.last_request_at >= old.last_request_at
-    updates: dict[str, Any] = {name: old[name] + new[name] for name in additive}
-    updates |= {
-        # null + x is null in SQL: the coalesce chain keeps whichever side is known.
-        "cost_usd": func.coalesce(old.cost_usd + new.cost_usd, old.cost_usd, new.cost_usd),
-        "user_id": case(
-            (newer & new.user_id.is_not(None), new.user_id),
-            else_=func.coalesce(old.user_id, new.user_id),
-        ),
-        "first_request_at": case(
-            (new.first_request_at < old.first_request_at, new.first_request_at),
-            else_=old.first_request_at,
-        ),
-        "last_request_at": case((newer, new.last_request_at), else_=old.last_request_at),
-    }
+    updates = _added(sessions, new)
+    for name in ("user_id", "name"):  # the last one seen
+        updates[name] = case(
+            (newer & new[name].is_not(None), new[name]),
+            else_=func.coalesce(old[name], new[name]),
+        )
     return statement.on_conflict_do_update(index_elements=[old.session_id], set_=updates)
+
+
+@functools.cache
+def _path_upsert(dialect_name: str) -> Any:
+    """The statement adding a batch's totals to ``session_paths``; built once per dialect."""
+    statement = _insert(dialect_name, session_paths)
+    keys = [session_paths.c.session_id, session_paths.c.path]
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_=_added(session_paths, statement.excluded)
+    )

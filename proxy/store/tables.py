@@ -89,6 +89,11 @@ requests = Table(
     Column("error", Text),
     # The virtual key the request came with (its id, never the key itself); null otherwise.
     Column("key_id", String(32)),
+    # X-Session-Path / X-Session-Name, and the caller's traceparent (trace id, its span id).
+    Column("session_path", String(256)),
+    Column("session_name", String(256)),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
     PrimaryKeyConstraint("id", "created_at"),
     # Listings page newest first by id: with id last, one model's (user's, key's, session's)
     # newest records are the end of an index range in each day's partition.
@@ -111,8 +116,32 @@ sessions = Table(
     Column("unpriced_requests", BigInteger, nullable=False, server_default=text("0")),
     Column("first_request_at", UTCDateTime(), nullable=False),
     Column("last_request_at", UTCDateTime(), nullable=False),
+    # The name last seen (X-Session-Name); requests that failed (non-2xx, or a stream cut
+    # short, as the rollups count errors); the sum of their latencies.
+    Column("name", String(256)),
+    Column("errors", BigInteger, nullable=False, server_default=text("0")),
+    Column("latency_ms", Float, nullable=False, server_default=text("0")),
     Index(None, "user_id"),
     Index(None, "last_request_at"),
+)
+
+# The same totals per path node of a session (X-Session-Path), each node's own requests
+# only: ``proxy.store.session_tree`` adds up the branches. Requests without a path, or with
+# the root ``/``, have no row here: the root's share is the session's less its nodes'.
+session_paths = Table(
+    "session_paths",
+    metadata,
+    Column("session_id", String(256), nullable=False),
+    Column("path", String(256), nullable=False),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    *(Column(name, BigInteger, nullable=False, server_default=text("0")) for name in TOKEN_FIELDS),
+    Column("cost_usd", Money()),
+    Column("unpriced_requests", BigInteger, nullable=False, server_default=text("0")),
+    Column("errors", BigInteger, nullable=False, server_default=text("0")),
+    Column("latency_ms", Float, nullable=False, server_default=text("0")),
+    Column("first_request_at", UTCDateTime(), nullable=False),
+    Column("last_request_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("session_id", "path"),
 )
 
 virtual_keys = Table(

@@ -145,7 +145,7 @@ async def test_any_session_id_an_app_sends_can_be_fetched(
 
 async def test_sessions(client: httpx.AsyncClient, stored: list[RequestRecord]) -> None:
     body = (await client.get("/usage/sessions/s1")).json()
-    assert list(body) == [*SESSION_FIELDS, "models"]
+    assert list(body) == [*SESSION_FIELDS, "models", "error_rate", "tree"]
     assert body["requests"] == 4
     assert body["total_tokens"] == 4800
     assert body["cost_usd"] == "0.00001"

@@ -49,6 +49,8 @@ def exchange(record_id: str, **fields: object) -> Exchange:
         "response_model": "gpt-4o-mini-2024-07-18", "completed": True, "latency_ms": 12.5,
         "provider_usage": Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15),
         "cost": Cost(Decimal("0.0000123"), "builtin", "2026-01", "gpt-4o-mini"),
+        "session_path": "/plan/search/2", "session_name": "Trip planner",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
     }  # fmt: skip
     values.update(fields)
     return Exchange(**values)  # type: ignore[arg-type]
@@ -74,10 +76,25 @@ def test_a_line_keeps_what_the_record_needs_and_nothing_private(tmp_path: Path) 
     assert b"secret" not in line
     back = decode_exchange(line + b"\n")
     for name in ("id", "created_at", "user_id", "properties", "provider_usage", "cost",
-                 "completed", "latency_ms", "status_code", "key_id", "response_model"):  # fmt: skip
+                 "completed", "latency_ms", "status_code", "key_id", "response_model",
+                 "session_path", "session_name", "trace_id", "span_id"):  # fmt: skip
         assert getattr(back, name) == getattr(secret, name), name
     assert back.request_body is None and back.completion_text == "" and back.error is None
     journal.close()
+
+
+def test_a_line_written_before_session_paths_is_still_read() -> None:
+    """A journal left by the previous release (22 fields) is recovered after an upgrade."""
+    line = (
+        b'[1,"r1","2026-01-02T03:04:05.678000+00:00","POST","/v1/chat/completions",'
+        b'"http://upstream",null,false,"gpt-4o-mini","s1",null,{},null,200,"gpt-4o-mini",'
+        b"[9,6,15,0,0,0,0,0],null,true,12.5,null,null,false]\n"
+    )
+    back = decode_exchange(line)
+    assert (back.id, back.session_id, back.provider_usage) == ("r1", "s1", Usage(9, 6, 15))
+    assert (back.session_path, back.trace_id) == (None, None)
+    with pytest.raises(ValueError):
+        decode_exchange(line.replace(b"false]", b"false,null]"))
 
 
 def test_an_answer_that_needed_an_estimate_says_it_was_lost(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 import pytest
 
 from proxy.tags import TagError, Tags, is_tag_header, parse_tags
+from proxy.trace_context import TraceParent
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,26 @@ from proxy.tags import TagError, Tags, is_tag_header, parse_tags
         ([("x-session-id", "  padded  ")], None, Tags(session_id="padded")),
         ([("x-session-id", "会话-1")], None, Tags(session_id="会话-1")),
         ([("x-property-empty", "")], None, Tags(properties={"empty": ""})),
+        # Session paths (Helicone-Session-Path is the alias) and names.
+        ([("x-session-path", "/plan/search/2")], None, Tags(session_path="/plan/search/2")),
+        ([("helicone-session-path", "/abstract")], None, Tags(session_path="/abstract")),
+        ([("x-session-path", "plan/search")], None, Tags(session_path="/plan/search")),
+        ([("x-session-path", "/")], None, Tags(session_path="/")),
+        ([("x-session-path", " /plan ")], None, Tags(session_path="/plan")),
+        (
+            [("helicone-session-path", "/h"), ("x-session-path", "/x")],
+            None,
+            Tags(session_path="/x"),
+        ),
+        ([("x-session-name", "Trip planner")], None, Tags(session_name="Trip planner")),
+        ([("helicone-session-name", "Course")], None, Tags(session_name="Course")),
+        # The W3C spec's own example; the header itself is forwarded (not a tag header).
+        (
+            [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+            None,
+            Tags(trace=TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+        ),
+        ([("traceparent", "not a traceparent")], None, Tags()),
     ],
 )
 def test_parse_tags(
@@ -44,6 +65,15 @@ def test_parse_tags(
         ([("x-property-" + "k" * 65, "v")], "x-property-" + "k" * 65),
         ([("x-property-big", "v" * 1025)], "x-property-big"),
         ([(f"x-property-p{i}", "v") for i in range(33)], "x-property-*"),
+        ([("x-session-path", "")], "x-session-path"),
+        ([("x-session-path", "/plan//search")], "x-session-path"),
+        ([("x-session-path", "/plan/")], "x-session-path"),
+        ([("x-session-path", "//")], "x-session-path"),
+        ([("helicone-session-path", "/a\nb")], "helicone-session-path"),
+        ([("x-session-path", "/" + "p" * 256)], "x-session-path"),
+        ([("x-session-path", "p" * 256)], "x-session-path"),  # 257 with its leading /
+        ([("x-session-name", "n" * 257)], "x-session-name"),
+        ([("x-session-name", "\x1b[31m")], "x-session-name"),
     ],
 )
 def test_invalid_tags_name_the_header(headers: list[tuple[str, str]], bad_header: str) -> None:
@@ -112,6 +142,12 @@ def test_session_id_of_exactly_256_characters_is_accepted() -> None:
         ("helicone-user-id", True),
         ("x-property-team", True),
         ("helicone-property-team", True),
+        ("x-session-path", True),
+        ("helicone-session-path", True),
+        ("x-session-name", True),
+        ("helicone-session-name", True),
+        ("traceparent", False),  # forwarded: the upstream may join the trace too
+        ("tracestate", False),
         ("authorization", False),
         ("x-request-id", False),
         ("openai-organization", False),
