@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -52,6 +54,9 @@ from proxy.store.writer import RecordWriter
 from proxy.tokens import TokenCounter
 from proxy.upstream_client import UpstreamClient
 
+if TYPE_CHECKING:
+    from proxy.otlp_export import OtlpExport
+
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[list[Exchange]], list[RequestRecord]]
@@ -83,6 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
         metrics = Metrics()
         session_costs = SessionCosts(engine)
         journal = Journal(Path(settings.database.spool_dir) / "journal")
+        export = _otlp_export(settings)
+        if export is not None:
+            metrics.track_export(export.stats)
         writer = RecordWriter(
             engine,
             _logging_records(settings, metrics.observing(partial(meter_batch, counter, prices))),
@@ -90,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
             flush_interval=settings.database.flush_interval,
             max_batch=settings.database.max_batch,
             spool=spool,
-            on_stored=session_costs.confirm_stored,
+            on_stored=_stored_hooks(session_costs, export),
             writable=lambda: schema.ready,
             on_settled=journal.settle,
         )
@@ -162,6 +170,8 @@ def create_app(settings: Settings) -> FastAPI:
             await schema.stop()
             await client.aclose()
             await writer.stop(SHUTDOWN_DRAIN_SECONDS)
+            if export is not None:
+                await asyncio.to_thread(export.close)
             journal.close()
             await session_costs.close()
             await _close_reads(app.state.reads)  # its monitor reads the primary's engine too
@@ -187,6 +197,44 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
     )
     return app
+
+
+def _otlp_export(settings: Settings) -> OtlpExport | None:
+    """The OpenTelemetry export, started, when an endpoint is configured; its SDK is
+    imported only then."""
+    if settings.telemetry.otlp_endpoint is None:
+        return None
+    from proxy.otlp_export import OtlpExport
+
+    export = OtlpExport(settings)
+    export.start()
+    log.info(
+        "exporting GenAI spans and metrics over OTLP/HTTP to %s",
+        _without_secrets(settings.telemetry.otlp_endpoint),
+    )
+    return export
+
+
+def _without_secrets(url: str) -> str:
+    """A URL fit for a log line: user info (a token in ``https://key@host``) and query cut."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _stored_hooks(
+    session_costs: SessionCosts, export: OtlpExport | None
+) -> Callable[[list[RequestRecord]], None]:
+    """What the writer calls after each commit: session costs, then the export's queue."""
+    if export is None:
+        return session_costs.confirm_stored
+
+    def stored(records: list[RequestRecord]) -> None:
+        session_costs.confirm_stored(records)
+        export.submit(records)
+
+    return stored
 
 
 async def _proxy(request: Request) -> Response:

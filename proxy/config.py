@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import (
@@ -241,6 +242,27 @@ class LoggingSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class TelemetrySettings(_Section):
+    """OpenTelemetry export (GenAI spans and metrics over OTLP/HTTP), off unless an endpoint
+    is set here or in ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+
+    otlp_endpoint: str | None = None
+    # Sent with every export (a collector's API key): never logged.
+    otlp_headers: dict[str, str] = Field(default_factory=dict)
+    service_name: str = "tallyproxy"
+    export_timeout: float = Field(default=10.0, gt=0, le=300)
+    metric_interval: float = Field(default=60.0, gt=0, le=3600)
+    # Records waiting for export; past it the newest are dropped and counted in /metrics.
+    queue_size: int = Field(default=20_000, ge=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (OTLP over HTTP)")
+        return value
+
+
 class Settings(_Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key.
 
@@ -255,6 +277,7 @@ class Settings(_Section):
     access: AccessSettings = AccessSettings()
     alerts: AlertSettings = AlertSettings()
     logging: LoggingSettings = LoggingSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None
@@ -278,6 +301,9 @@ ENV_KEYS: Mapping[str, tuple[str, ...]] = {
     "TALLYPROXY_LOG_LEVEL": ("server", "log_level"),
     "TALLYPROXY_LOG_FORMAT": ("logging", "format"),
     "TALLYPROXY_MAX_CONNECTIONS_PER_CLIENT": ("server", "max_connections_per_client"),
+    # OpenTelemetry's own variables, as every SDK reads them.
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
+    "OTEL_SERVICE_NAME": ("telemetry", "service_name"),
 }
 
 
@@ -297,14 +323,31 @@ def load_settings(
     for name, key in ENV_KEYS.items():
         if env.get(name):
             _set_path(raw, key, env[name])
+    if env.get("OTEL_EXPORTER_OTLP_HEADERS"):
+        _set_path(
+            raw, ("telemetry", "otlp_headers"), otlp_headers(env["OTEL_EXPORTER_OTLP_HEADERS"])
+        )
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(raw, key, value)
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        _set_path(raw, ("telemetry", "otlp_endpoint"), None)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     return _with_keys_from_env(settings, env)
+
+
+def otlp_headers(value: str) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``: ``key=value`` pairs by commas, values URL-encoded."""
+    headers: dict[str, str] = {}
+    for pair in value.split(","):
+        key, equals, text = pair.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError("OTEL_EXPORTER_OTLP_HEADERS: expected key=value pairs, by commas")
+        headers[key.strip()] = unquote(text.strip())
+    return headers
 
 
 def _with_keys_from_env(settings: Settings, env: Mapping[str, str]) -> Settings:

@@ -134,6 +134,10 @@ class Metrics:
         """Expose each upstream's connection pool (size, in use, waiting), read at each scrape."""
         self.registry.register(_PoolCollector(stats))
 
+    def track_export(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Expose the OpenTelemetry export: spans sent, dropped, waiting; read at each scrape."""
+        self.registry.register(_ExportCollector(stats))
+
     def track_replica(self, stats: ReplicaStats) -> None:
         """Expose the read replica's lag and whether reads go to it, read at each scrape."""
         self.registry.register(_ReplicaCollector(stats))
@@ -310,6 +314,34 @@ class _PoolCollector(Collector):
         for pool in pools:
             exhausted.add_metric([pool.name, pool.url], pool.exhausted_total)
         yield exhausted
+
+
+class _ExportCollector(Collector):
+    """The OTLP export (``telemetry``): what reached the collector and what did not."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        yield CounterMetricFamily(
+            "tallyproxy_otlp_exported_spans",
+            "Request spans the OTLP collector accepted",
+            value=stats["exported_spans"],
+        )
+        yield CounterMetricFamily(
+            "tallyproxy_otlp_dropped_spans",
+            "Request spans not exported: the export queue was full or the collector refused",
+            value=stats["dropped_spans"],
+        )
+        yield GaugeMetricFamily(
+            "tallyproxy_otlp_queued_spans",
+            "Request spans waiting for export",
+            value=stats["queued_spans"],
+        )
 
 
 class _ReplicaCollector(Collector):

@@ -25,18 +25,27 @@ def provider_for_model(routes: Sequence[UpstreamSettings], model: str | None) ->
 def provider_for_record(
     routes: Sequence[UpstreamSettings], upstream_url: str | None, model: str | None
 ) -> str | None:
-    """The hint a stored record was priced with: the upstream whose URL it names.
+    """The hint a stored record was priced with: that of the upstream that served it.
+
+    A record of an upstream since removed from the config is priced as a new request for its
+    model would be.
+    """
+    route = route_of_record(routes, upstream_url, model)
+    return provider_for_model(routes, model) if route is None else route.pricing_provider
+
+
+def route_of_record(
+    routes: Sequence[UpstreamSettings], upstream_url: str | None, model: str | None
+) -> UpstreamSettings | None:
+    """The configured upstream whose URL a stored record names, or None.
 
     Upstreams that share a URL (one gateway, two price lists) are told apart by the model,
-    as routing told them apart. A record of an upstream since removed from the config is
-    priced as a new request for its model would be.
+    as routing told them apart.
     """
     same_url = [route for route in routes if upstream_url and route.url == upstream_url]
-    if len(same_url) == 1:
-        return same_url[0].pricing_provider
-    if same_url:
-        try:
-            return choose_upstream(same_url, model).pricing_provider
-        except NoRoute:
-            return same_url[0].pricing_provider
-    return provider_for_model(routes, model)
+    if len(same_url) <= 1:
+        return same_url[0] if same_url else None
+    try:
+        return choose_upstream(same_url, model)
+    except NoRoute:
+        return same_url[0]
