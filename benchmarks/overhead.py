@@ -359,6 +359,36 @@ def soak(tmp: Path, use_wrk: bool, port: int, pid: int, args: argparse.Namespace
     return answered
 
 
+class OtlpSink:
+    """A collector stand-in that takes every OTLP/HTTP export and only counts it (decoding
+    would spend the CPU the proxy is measured on)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.exports = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                sink.exports += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per case")
@@ -388,6 +418,10 @@ def main() -> int:
     parser.add_argument(
         "--profile", metavar="DIR", type=Path, help="sample the proxy with py-spy into DIR"
     )
+    parser.add_argument(
+        "--otlp", action="store_true",
+        help="the proxy exports spans and metrics to a local OTLP/HTTP sink (OTEL_* variables)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -408,7 +442,11 @@ def main() -> int:
     if args.workers > 1:
         proxy_cmd += ["--workers", str(args.workers)]
     proxy_log = (tmp / "proxy.log").open("wb") if args.access_log else None
-    proxy = subprocess.Popen(proxy_cmd, cwd=tmp, stderr=proxy_log)
+    sink = OtlpSink() if args.otlp else None
+    proxy_env = {**os.environ}
+    if sink is not None:
+        proxy_env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_SERVICE_NAME": "bench"}
+    proxy = subprocess.Popen(proxy_cmd, cwd=tmp, stderr=proxy_log, env=proxy_env)
     print(
         f"upstream: {'nginx' if use_nginx else 'python canned_upstream'}; load: "
         f"{'wrk' if use_wrk else 'python'}; proxy workers: {args.workers}; database: "
@@ -472,6 +510,9 @@ def main() -> int:
             f"proxy memory: RSS {memory_mb(proxy.pid, 'VmRSS'):.0f} MB, "
             f"peak {memory_mb(proxy.pid, 'VmHWM'):.0f} MB (all workers)"
         )
+        if sink is not None:
+            time.sleep(2)  # the export's last batches
+            print(f"OTLP sink: {sink.exports} exports, {sink.bytes / 1e6:.1f} MB received")
     finally:
         for process in (proxy, upstream):
             process.terminate()
