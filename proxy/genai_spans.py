@@ -71,11 +71,6 @@ def span_name(record: RequestRecord) -> str:
     return f"{operation} {record.model}" if record.model else operation
 
 
-def failed(record: RequestRecord) -> bool:
-    """As the rollups count errors: an error status, or an error noted."""
-    return record.status_code >= 400 or record.error is not None
-
-
 def error_type(record: RequestRecord) -> str | None:
     """``error.type``: the status code of an error answer, else what went wrong."""
     if record.status_code >= 400:

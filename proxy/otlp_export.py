@@ -34,7 +34,6 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from proxy.config import Settings, UpstreamSettings
 from proxy.genai_spans import (
-    failed,
     metric_attributes,
     provider_name,
     span_attributes,
@@ -42,7 +41,7 @@ from proxy.genai_spans import (
     token_points,
 )
 from proxy.price_hint import provider_for_model, route_of_record
-from proxy.records import RequestRecord
+from proxy.records import RequestRecord, is_failure
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +175,9 @@ class OtlpExport:
 
     def _export(self, records: list[RequestRecord]) -> None:
         for record in records:
-            self._record_span(record)
-            self._record_metrics(record)
+            provider = self._provider(record)
+            self._record_span(record, provider)
+            self._record_metrics(record, provider)
         spans, self._collect.ended = self._collect.ended, []
         result = self._spans.export(spans)
         if result is not SpanExportResult.SUCCESS:
@@ -198,22 +198,22 @@ class OtlpExport:
             return provider_name(provider_for_model(self._routes, record.model), None)
         return provider_name(route.pricing_provider, route.kind)
 
-    def _record_span(self, record: RequestRecord) -> None:
+    def _record_span(self, record: RequestRecord, provider: str) -> None:
         self._ids.record_id = record.id
         span = self._tracer.start_span(
             span_name(record),
             context=_caller(record),
             kind=SpanKind.CLIENT,
-            attributes=span_attributes(record, self._provider(record)),
+            attributes=span_attributes(record, provider),
             start_time=_nanoseconds(record.created_at),
         )
-        if failed(record):
+        if is_failure(record.status_code, record.error):
             span.set_status(Status(StatusCode.ERROR, record.error or str(record.status_code)))
         latency_ns = int((record.latency_ms or 0.0) * 1_000_000)
         span.end(end_time=_nanoseconds(record.created_at) + latency_ns)
 
-    def _record_metrics(self, record: RequestRecord) -> None:
-        attributes = metric_attributes(record, self._provider(record))
+    def _record_metrics(self, record: RequestRecord, provider: str) -> None:
+        attributes = metric_attributes(record, provider)
         for point in token_points(record):
             self._token_usage.record(point.tokens, {**attributes, "gen_ai.token.type": point.kind})
         if record.latency_ms is not None:

@@ -33,6 +33,12 @@ def new_record_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
+def is_failure(status_code: int | None, error: str | None) -> bool:
+    """A failed request, wherever errors are counted: an error status, or an error noted
+    (a stream cut short, an upstream gone)."""
+    return (status_code is not None and status_code >= 400) or error is not None
+
+
 @dataclass(slots=True)
 class Exchange:
     """Everything the forwarder saw of one request and its response."""

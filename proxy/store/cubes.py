@@ -25,6 +25,7 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 from typing import Any, Final
 
+from proxy.records import is_failure
 from proxy.store.tables import TOKEN_FIELDS
 from proxy.store.types import EXACT
 
@@ -151,9 +152,8 @@ def _row_measures(row: Mapping[str, Any]) -> list[Any]:
 
 
 def is_error(row: Mapping[str, Any]) -> int:
-    """1 for a failed request: an error status, or an error noted (a stream cut short)."""
-    status = row["status_code"]
-    return 1 if (status is not None and status >= 400) or row["error"] is not None else 0
+    """1 for a failed request (``is_failure``), 0 otherwise."""
+    return 1 if is_failure(row["status_code"], row["error"]) else 0
 
 
 Finest = dict[tuple[Any, ...], list[Any]]

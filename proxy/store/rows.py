@@ -25,7 +25,13 @@ from proxy.store.budgets import settle as settle_budgets
 from proxy.store.copy import CopyRefused, copy_requests
 from proxy.store.cubes import is_error
 from proxy.store.rollups import add_to_rollups
-from proxy.store.tables import TOKEN_FIELDS, requests, session_paths, sessions
+from proxy.store.tables import (
+    SESSION_MEASURES,
+    TOKEN_FIELDS,
+    requests,
+    session_paths,
+    sessions,
+)
 from proxy.store.types import EXACT, stored_money
 
 log = logging.getLogger(__name__)
@@ -158,14 +164,10 @@ async def _insert_requests(connection: AsyncConnection, rows: list[dict[str, Any
     return set(result.scalars().all())
 
 
-_ADDITIVE = ("requests", *TOKEN_FIELDS, "unpriced_requests", "errors", "latency_ms")
-"""What a batch adds to a session's (a path node's) totals, beside the cost."""
-
-
 def _new_total(row: dict[str, Any], **key: Any) -> dict[str, Any]:
     return {
         **key,
-        **dict.fromkeys(_ADDITIVE, 0),
+        **dict.fromkeys(SESSION_MEASURES, 0),
         "cost_usd": None,
         "first_request_at": row["created_at"],
         "last_request_at": row["created_at"],
@@ -234,7 +236,7 @@ async def _upsert_sessions(connection: AsyncConnection, rows: list[dict[str, Any
 def _added(table: Any, new: Any) -> dict[str, Any]:
     """The additive updates of an upsert into ``table``: old + new, the cost kept if known."""
     old = table.c
-    updates: dict[str, Any] = {name: old[name] + new[name] for name in _ADDITIVE}
+    updates: dict[str, Any] = {name: old[name] + new[name] for name in SESSION_MEASURES}
     updates |= {
         # null + x is null in SQL: the coalesce chain keeps whichever side is known.
         "cost_usd": func.coalesce(old.cost_usd + new.cost_usd, old.cost_usd, new.cost_usd),

@@ -13,11 +13,9 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from proxy.store.tables import TOKEN_FIELDS
+from proxy.store.tables import SESSION_MEASURES
 
 ROOT = "/"
-NODE_MEASURES = ("requests", *TOKEN_FIELDS, "unpriced_requests", "errors", "latency_ms")
-"""The additive numbers of a node, beside ``cost_usd`` (null while nothing is priced)."""
 
 
 def parent_of(path: str) -> str:
@@ -71,24 +69,24 @@ def _costliest_first(node: Mapping[str, Any]) -> tuple[Decimal, int, str]:
 
 
 def _numbers(row: Mapping[str, Any]) -> dict[str, Any]:
-    numbers: dict[str, Any] = {name: row.get(name) or 0 for name in NODE_MEASURES}
+    numbers: dict[str, Any] = {name: row.get(name) or 0 for name in SESSION_MEASURES}
     numbers["cost_usd"] = row.get("cost_usd")
     return numbers
 
 
 def _zero() -> dict[str, Any]:
-    return {**dict.fromkeys(NODE_MEASURES, 0), "cost_usd": None}
+    return {**dict.fromkeys(SESSION_MEASURES, 0), "cost_usd": None}
 
 
 def _add(into: dict[str, Any], numbers: Mapping[str, Any]) -> None:
-    for name in NODE_MEASURES:
+    for name in SESSION_MEASURES:
         into[name] += numbers[name]
     if numbers["cost_usd"] is not None:
         into["cost_usd"] = numbers["cost_usd"] + (into["cost_usd"] or 0)
 
 
 def _subtract(into: dict[str, Any], numbers: Mapping[str, Any]) -> None:
-    for name in NODE_MEASURES:
+    for name in SESSION_MEASURES:
         into[name] -= numbers[name]
     if numbers["cost_usd"] is not None and into["cost_usd"] is not None:
         into["cost_usd"] -= numbers["cost_usd"]

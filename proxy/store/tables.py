@@ -125,6 +125,9 @@ sessions = Table(
     Index(None, "last_request_at"),
 )
 
+SESSION_MEASURES = ("requests", *TOKEN_FIELDS, "unpriced_requests", "errors", "latency_ms")
+"""The additive totals of a session and of a path node, beside ``cost_usd``."""
+
 # The same totals per path node of a session (X-Session-Path), each node's own requests
 # only: ``proxy.store.session_tree`` adds up the branches. Requests without a path, or with
 # the root ``/``, have no row here: the root's share is the session's less its nodes'.
