@@ -8,7 +8,8 @@ never touches the network, writes no cache, reads no environment variable and ch
 vocabulary's sha256 (``proxy.tokenization.loading`` says where each comes from).
 
 Chat prompts are wrapped in the family's chat format: OpenAI's per-message overhead and tool
-rendering (``proxy.tokenization.openai_format``), the Qwen / Llama 3 / DeepSeek-V3 templates
+rendering (``proxy.tokenization.openai_format``), the official Qwen2.5 / Qwen3 / DeepSeek-V3
+Jinja templates (``proxy.tokenization.chat_templates``), Llama 3's and older Qwen names' formats
 (``proxy.tokenization.templates``). Anthropic Messages requests are estimated with a stand-in
 tokenizer and are approximate (``proxy.tokenization.anthropic``). Counting is synchronous and
 thread-safe: callers run large inputs in worker threads.
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from proxy.config import TokenizerRule
-from proxy.tokenization import templates
+from proxy.tokenization import chat_templates, templates
 from proxy.tokenization.anthropic import messages_prompt
 from proxy.tokenization.families import (
+    ChatFamily,
     TokenizerChoice,
     choose,
     encoding_name_for_model,
@@ -46,6 +48,12 @@ from proxy.tokenization.openai_format import (
     responses_prompt,
     tally_input,
 )
+
+_OFFICIAL_TEMPLATE: Final[dict[ChatFamily, chat_templates.TemplateName]] = {
+    "qwen2.5": "qwen2.5",
+    "qwen3": "qwen3",
+    "deepseek": "deepseek-v3",
+}
 
 __all__ = [
     "PromptEstimate",
@@ -73,6 +81,7 @@ class TokenCounter:
         self._rules = tuple(rules)
         self._lock = threading.Lock()
         self._loaded: dict[str, Tokenizer] = {}
+        self._templates: dict[tuple[str, str], chat_templates.ChatTemplate] = {}
 
     def count_text(self, model: str, text: str) -> int:
         """Tokens in ``text`` under ``model``'s tokenizer; special-token text counts as text."""
@@ -109,6 +118,9 @@ class TokenCounter:
         match _route(endpoint):
             case "/chat/completions" if choice.chat == "openai":
                 found = chat_prompt(tally, body)
+            case "/chat/completions" if choice.chat in _OFFICIAL_TEMPLATE:
+                template = self._template(_OFFICIAL_TEMPLATE[choice.chat], tally.tokenizer)
+                found = _official_template_prompt(tally, template, body)
             case "/chat/completions":
                 found = _template_prompt(tally, choice, model, body)
             case "/completions":
@@ -147,6 +159,19 @@ class TokenCounter:
             return self._cached(f"file:{path}:{kind}", lambda: load_file(path, kind))
         return self.tokenizer(choice.encoding or "o200k_base")
 
+    def _template(
+        self, name: chat_templates.TemplateName, tokenizer: Tokenizer
+    ) -> chat_templates.ChatTemplate:
+        key = (name, tokenizer.name)
+        template = self._templates.get(key)
+        if template is None:
+            with self._lock:
+                template = self._templates.get(key)
+                if template is None:
+                    template = chat_templates.load(name, tokenizer)
+                    self._templates[key] = template
+        return template
+
     def _cached(self, key: str, load: Callable[[], Tokenizer]) -> Tokenizer:
         tokenizer = self._loaded.get(key)
         if tokenizer is None:
@@ -165,12 +190,34 @@ def _route(endpoint: str) -> str:
     return path.removeprefix("/v1") if path.startswith("/v1/") else path
 
 
+def _official_template_prompt(
+    tally: Tally, template: chat_templates.ChatTemplate, body: Mapping[str, Any]
+) -> bool:
+    """A chat rendered by the model's official template and counted as the server would."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return False
+    chat = [
+        {**message, "content": content_text(tally, message.get("content"))}
+        for message in messages
+        if isinstance(message, Mapping)
+    ]
+    functions = function_definitions(tally, body.get("tools"), body.get("functions"))
+    tools = [{"type": "function", "function": function} for function in functions]
+    try:
+        prompt = template.render(chat, tools)
+    except chat_templates.TemplateRenderError:
+        return False
+    tally.tokens += template.count(tally.tokenizer, prompt)
+    return True
+
+
 def _template_prompt(
     tally: Tally, choice: TokenizerChoice, model: str, body: Mapping[str, Any]
 ) -> bool:
-    """A chat to an open-weight model, counted through its family's chat template."""
+    """A chat to Llama 3 or an older Qwen name, counted through its chat format."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or choice.chat == "openai":
+    if not isinstance(messages, list) or choice.chat not in ("qwen", "llama3"):
         return False
     chat: list[templates.ChatMessage] = []
     for message in messages:
@@ -186,7 +233,9 @@ def _template_prompt(
         )
     tools = function_definitions(tally, body.get("tools"), body.get("functions"))
     default_system = qwen_default_system(model) if choice.chat == "qwen" else None
-    rendered = templates.render(choice.chat, chat, tools, default_system)
+    rendered = templates.render(
+        "qwen" if choice.chat == "qwen" else "llama3", chat, tools, default_system
+    )
     tally.tokens += rendered.specials
     for text in rendered.texts:
         tally.add(text)

@@ -10,7 +10,9 @@ from typing import Final, Literal
 
 from proxy.config import TokenizerRule
 
-ChatFamily = Literal["openai", "qwen", "llama3", "deepseek"]
+# qwen2.5, qwen3 and deepseek are rendered by the models' official templates; qwen (Qwen2,
+# QwQ, hosted qwen-* names, Qwen3-Coder) and llama3 by proxy.tokenization.templates.
+ChatFamily = Literal["openai", "qwen", "qwen2.5", "qwen3", "llama3", "deepseek"]
 
 O200K_BASE: Final = "o200k_base"
 CL100K_BASE: Final = "cl100k_base"
@@ -102,7 +104,7 @@ def choose(model: str, rules: Sequence[TokenizerRule]) -> TokenizerChoice:
     OpenAI's.
     """
     default = encoding_name_for_model(model)
-    chat = _CHAT_FAMILY.get(default, "openai")
+    chat = _chat_family(default, model)
     lowered = model.strip().lower()
     for rule in rules:
         if fnmatch.fnmatchcase(lowered, rule.model.lower()):
@@ -110,6 +112,18 @@ def choose(model: str, rules: Sequence[TokenizerRule]) -> TokenizerChoice:
                 chat = _CHAT_FAMILY.get(rule.encoding, "openai")
             return TokenizerChoice(rule.encoding, rule.file, rule.kind, chat)
     return TokenizerChoice(default, None, None, chat)
+
+
+def _chat_family(encoding: str, model: str) -> ChatFamily:
+    chat = _CHAT_FAMILY.get(encoding, "openai")
+    if chat != "qwen":
+        return chat
+    name = base_name(model)
+    if "qwen3" in name:
+        return "qwen" if "coder" in name else "qwen3"  # Qwen3-Coder's template is its own
+    if "qwen2.5" in name:
+        return "qwen2.5"
+    return "qwen"
 
 
 def qwen_default_system(model: str) -> str | None:

@@ -105,14 +105,23 @@ class Tokenizer:
     """A loaded vocabulary that encodes ordinary text; safe to share between threads.
 
     Text that spells a special token (``<|endoftext|>``) is encoded as text: prompts are
-    counted as what the user typed. ``exact`` is False for stand-ins.
+    counted as what the user typed. ``exact`` is False for stand-ins. ``added_tokens`` are
+    the vocabulary's own added tokens (a ``tokenizer.json``'s), which a chat template's
+    rendered prompt counts as one token each.
     """
 
     def __init__(
-        self, name: str, encode: Callable[[str], list[int]], *, exact: bool, nfc: bool = False
+        self,
+        name: str,
+        encode: Callable[[str], list[int]],
+        *,
+        exact: bool,
+        nfc: bool = False,
+        added_tokens: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.exact = exact
+        self.added_tokens = added_tokens
         self._encode = encode
         self._nfc = nfc
 
@@ -199,7 +208,8 @@ def _huggingface(name: str, data: bytes, *, exact: bool) -> Tokenizer:
         ids: list[int] = tokenizer.encode(text, add_special_tokens=False).ids
         return ids
 
-    return Tokenizer(name, encode, exact=exact)
+    added = frozenset(token.content for token in tokenizer.get_added_tokens_decoder().values())
+    return Tokenizer(name, encode, exact=exact, added_tokens=added)
 
 
 def release_freed_heap() -> None:

@@ -1,15 +1,16 @@
-"""Chat templates of open-weight families, rendered as special tokens and text to count.
+"""Chat formats without a shipped template (Llama 3, older Qwen names), as special tokens and text.
 
-A server such as vLLM renders the model's own chat template and tokenizes the result; the
-tokenizer splits it at special tokens and encodes each text run on its own. So a prompt's
-count is the number of special tokens plus the tokens of each text run, which is what
-``render`` returns. Plain chats (system, user, assistant text) follow the templates exactly:
-Qwen2.5's ChatML ``tokenizer_config.json``, Meta's ``llama_models.llama3.chat_format``
-(``<|begin_of_text|>``, ``<|start_header_id|>role<|end_header_id|>\\n\\n`` + stripped
-content + ``<|eot_id|>``) and DeepSeek-V3's ``tokenizer_config.json``. Tool definitions and
-calls are rendered approximately (as JSON), images and other parts are left to the caller.
-DeepSeek's special tokens are spelled with fullwidth bars and U+2581 (``<|User|>``); the
-comments below write them in ASCII.
+Qwen2.5, Qwen3 and DeepSeek-V3 are rendered by their official templates
+(``proxy.tokenization.chat_templates``). Llama 3's template is under Meta's license, so it is
+not shipped and is rendered here; so are Qwen names without a shipped template (Qwen2, QwQ,
+hosted qwen-* models, Qwen3-Coder) in Qwen's ChatML. A server tokenizer splits a prompt at
+special tokens and encodes each text run on its own, so a count is the number of special
+tokens plus the tokens of each text run, which is what ``render`` returns. Plain chats
+(system, user, assistant text) follow the formats exactly: Qwen2's ChatML and Meta's
+``llama_models.llama3.chat_format`` (``<|begin_of_text|>``,
+``<|start_header_id|>role<|end_header_id|>\\n\\n`` + stripped content + ``<|eot_id|>``).
+Tool definitions and calls are rendered approximately (as JSON), images and other parts are
+left to the caller.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from proxy.tokenization.families import ChatFamily
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +46,7 @@ class Rendered:
 
 
 def render(
-    family: ChatFamily,
+    family: Literal["qwen", "llama3"],
     messages: Sequence[ChatMessage],
     tools: Sequence[Mapping[str, Any]],
     default_system: str | None = None,
@@ -56,10 +55,8 @@ def render(
     out = Rendered()
     if family == "qwen":
         _qwen(out, messages, tools, default_system)
-    elif family == "llama3":
-        _llama3(out, messages, tools)
     else:
-        _deepseek(out, messages, tools)
+        _llama3(out, messages, tools)
     return out
 
 
@@ -137,48 +134,3 @@ def _llama3_message(out: Rendered, role: str, text: str) -> None:
     out.text("\n\n")
     out.text(text.strip())
     out.special()  # <|eot_id|>
-
-
-def _deepseek(
-    out: Rendered, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]]
-) -> None:
-    # <|begin_of_sentence|>{systems joined by \n\n}<|User|>..<|Assistant|>..<|end_of_sentence|>
-    systems = [m.text for m in messages if m.role in ("system", "developer")]
-    if tools:
-        systems.append(_tools_json(tools))
-    out.special()
-    out.text("\n\n".join(systems))
-    in_tool_outputs = False
-    for message in messages:
-        if message.role == "tool":
-            # <|tool_outputs_begin|> once, then <|tool_output_begin|>..<|tool_output_end|>
-            out.special(2 if in_tool_outputs else 3)
-            out.text(message.text)
-            in_tool_outputs = True
-            continue
-        if message.role in ("user", "assistant"):
-            # <|User|>, <|Assistant|>, or <|tool_outputs_end|> in its place
-            out.special()
-            if message.role == "user":
-                out.text(message.text)
-            else:
-                _deepseek_assistant(out, message)
-            in_tool_outputs = False
-    out.special()  # <|Assistant|>, or <|tool_outputs_end|> after tool outputs
-
-
-def _deepseek_assistant(out: Rendered, message: ChatMessage) -> None:
-    # Earlier turns' reasoning is dropped by the template.
-    out.text(message.text.split("</think>")[-1])
-    for index, (name, arguments) in enumerate(message.tool_calls):
-        if index:
-            out.text("\n")
-        # <|tool_calls_begin|> before the first; <|tool_call_begin|>function<|tool_sep|>
-        out.special(1 if index else 2)
-        out.text("function")
-        out.special()
-        out.text(f"{name}\n```json\n{arguments}\n```")
-        out.special()  # <|tool_call_end|>
-    if message.tool_calls:
-        out.special()  # <|tool_calls_end|>
-    out.special()  # <|end_of_sentence|>
