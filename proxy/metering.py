@@ -91,6 +91,7 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         status_code=exchange.status_code,
         model=exchange.model,
         has_usage=False,
+        endpoint=exchange.endpoint,
     ):
         cost = NOTHING_CHARGED
     sampled = exchange.provider_usage is not None and estimate is not None
