@@ -14,7 +14,7 @@ from proxy.pricing import NOTHING_CHARGED, Cost, PriceBook
 from proxy.records import Exchange, RequestRecord, UsageSource
 from proxy.tokens import TokenCounter
 from proxy.unbilled import billed_nothing
-from proxy.usage import Usage
+from proxy.usage import Usage, gemini_texts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def completion_text_from_payload(payload: Mapping[str, Any]) -> str:
             value = item.get(key)
             if isinstance(value, str):
                 parts.append(value)
+    for candidate in _dicts(payload.get("candidates")):  # Gemini
+        parts.extend(gemini_texts(candidate.get("content")))
     return "".join(parts)
 
 
