@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import genai_prices
 import pytest
 
 from proxy.json_stream import JsonArraySplitter
+from proxy.pricing import PriceBook
 from proxy.sse import SSESplitter, event_json
 from proxy.usage import (
     StreamAccumulator,
@@ -183,3 +185,83 @@ def test_function_calls_count_as_generated_text() -> None:
     part = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
     accumulator.feed({"candidates": [{"content": {"parts": [part]}, "finishReason": "STOP"}]})
     assert accumulator.text == 'get_weather{"city":"Paris"}'
+
+
+@pytest.fixture(scope="module")
+def book() -> PriceBook:
+    return PriceBook()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "generate_content_thinking.json",
+        "generate_content_complete_usage.json",
+        "generate_content_tool_use.json",
+        pytest.param(
+            "generate_content_audio_cached.json",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="Usage has no cached-audio count: cached audio is priced at the cached "
+                "text rate ($0.03/M on gemini-2.5-flash, not $0.10/M)",
+            ),
+        ),
+    ],
+)
+def test_recorded_answers_cost_what_genai_prices_charges(book: PriceBook, name: str) -> None:
+    payload = json.loads((GEMINI / name).read_text(encoding="utf-8"))
+    model = payload["modelVersion"]
+    theirs = genai_prices.calc_price(
+        genai_prices.extract_usage(payload, provider_id="google").usage,
+        model_ref=model,
+        provider_id="google",
+    )
+    usage = usage_from_payload(payload)
+    assert usage is not None
+    ours = book.cost(model, usage, provider="google")
+    assert ours is not None and ours.usd == theirs.total_price
+
+
+@pytest.mark.parametrize(
+    ("metadata", "usd"),
+    [
+        # Gemini 2.5 Pro up to 200K prompt tokens: $1.25 input, $0.125 cached, $10 output
+        # (thoughts included): 100000 x 1.25 + 50000 x 0.125 + 3000 x 10 -> 0.16125
+        (
+            {
+                "promptTokenCount": 150_000,
+                "cachedContentTokenCount": 50_000,
+                "candidatesTokenCount": 1000,
+                "thoughtsTokenCount": 2000,
+            },
+            Decimal("0.16125"),
+        ),
+        # Past 200K every token pays $2.50 / $0.25 / $15:
+        # 200000 x 2.5 + 50000 x 0.25 + 3000 x 15 -> 0.5575
+        (
+            {
+                "promptTokenCount": 250_000,
+                "cachedContentTokenCount": 50_000,
+                "candidatesTokenCount": 1000,
+                "thoughtsTokenCount": 2000,
+            },
+            Decimal("0.5575"),
+        ),
+        # Tool-use prompts are prompt tokens: 190K + 20K crosses the tier.
+        (
+            {
+                "promptTokenCount": 190_000,
+                "toolUsePromptTokenCount": 20_000,
+                "candidatesTokenCount": 1000,
+            },
+            Decimal("0.54"),
+        ),
+    ],
+)
+def test_long_prompts_pay_googles_long_context_rates(
+    book: PriceBook, metadata: dict[str, Any], usd: Decimal
+) -> None:
+    usage = gemini_usage(metadata)
+    assert usage is not None
+    cost = book.cost("gemini-2.5-pro", usage, provider="google")
+    assert cost is not None and cost.usd == usd
