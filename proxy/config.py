@@ -118,7 +118,7 @@ _VERSIONS = ("/v1", "/v1beta", "/v1alpha")
 
 
 def _host(url: str) -> str:
-    """The host of an ``http(s)://`` URL, cheaply (asked on every request)."""
+    """The host of an ``http(s)://`` URL (``urlsplit`` would also check its port)."""
     return url.split("/", 3)[2].rpartition("@")[2].split(":", 1)[0].lower()
 
 

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,7 +33,6 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
-    gemini_error_body,
 )
 from proxy.gemini_api import (
     KEY_HEADER,
@@ -283,7 +281,7 @@ class Forwarder:
         exchange.latency_ms = elapsed_ms(started)
         exchange.request_body = None
         self.sink.submit(exchange)
-        return shutdown_response({REQUEST_ID_HEADER: exchange.id})
+        return shutdown_response({REQUEST_ID_HEADER: exchange.id}, _shape(exchange))
 
     async def _buffered(
         self, response: UpstreamResponse, exchange: Exchange, started: float
@@ -365,9 +363,7 @@ def _goodbye(events: bool, native: bool, framing: Framing) -> bytes:
     API's shape; nothing for bytes that are not events (nor inside a JSON array)."""
     if not events or framing != "sse":
         return b""
-    if native:
-        return b"\n\ndata: " + orjson.dumps(gemini_error_body(503, PROXY_SHUTTING_DOWN)) + b"\n\n"
-    return shutdown_event()
+    return shutdown_event("gemini" if native else "openai")
 
 
 def _shape(exchange: Exchange) -> ErrorShape:

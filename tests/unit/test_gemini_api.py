@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from proxy.errors import BudgetExceeded, UpstreamTimeout, error_response, gemini_error_body
 from proxy.gemini_api import GeminiCall, gemini_call, is_native, lift_query_key
+from proxy.streaming import shutdown_event, shutdown_response
 from proxy.unbilled import billed_nothing
 
 
@@ -136,3 +138,12 @@ def test_count_tokens_is_never_billed(endpoint: str, unbilled: bool) -> None:
         method="POST", status_code=200, model="gemini-2.5-flash", has_usage=False, endpoint=endpoint
     )
     assert got is unbilled
+
+
+def test_a_stream_cut_by_shutdown_ends_with_a_google_error_event() -> None:
+    """google-genai raises on a stream chunk that starts with ``{"error":``."""
+    event = shutdown_event("gemini")
+    assert event.startswith(b'\n\ndata: {"error":{"code":503,')
+    assert orjson.loads(event.strip()[len(b"data: ") :])["error"]["status"] == "UNAVAILABLE"
+    response = shutdown_response({}, "gemini")
+    assert response.status_code == 503 and b'"status":"UNAVAILABLE"' in response.body
