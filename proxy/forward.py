@@ -37,9 +37,9 @@ from proxy.errors import (
 from proxy.gemini_api import (
     KEY_HEADER,
     NATIVE_PREFIX,
-    gemini_call,
     is_native,
     lift_query_key,
+    native_call,
     version_of,
 )
 from proxy.metering import completion_text_from_payload, priced_model, wants_estimate
@@ -150,7 +150,7 @@ class Forwarder:
         headers = request.headers.items()
         path: str = request.path_params["path"]
         query = request.scope["query_string"].decode("latin-1")
-        call = gemini_call(path)
+        call = native_call(endpoint, path)
         native = call is not None or endpoint.startswith(NATIVE_PREFIX)
         shape: ErrorShape = "gemini" if native else "openai"
         if native:

@@ -18,6 +18,19 @@ NATIVE_PREFIX = "/v1beta/"
 """The version the SDKs call; ``/v1/models/{model}:{method}`` is native Gemini too."""
 
 STREAM_METHOD = "streamGenerateContent"
+METHODS = frozenset(
+    {
+        "generateContent",
+        STREAM_METHOD,
+        "countTokens",
+        "embedContent",
+        "batchEmbedContents",
+        "batchGenerateContent",
+        "predict",
+        "predictLongRunning",
+    }
+)
+"""The model methods of the Gemini API, as told apart from OpenAI paths under ``/v1/``."""
 UNBILLED_METHODS = frozenset({"countTokens"})
 """Methods Google does not charge for: counting tokens reads no model."""
 
@@ -49,12 +62,21 @@ def gemini_call(path: str) -> GeminiCall | None:
     return None if found is None else GeminiCall(found[1], found[2])
 
 
+def native_call(endpoint: str, path: str) -> GeminiCall | None:
+    """The model call of a request to ``endpoint`` (``path`` after its version): any method
+    under ``/v1beta/``, one of :data:`METHODS` under ``/v1/``, which the OpenAI API shares."""
+    call = gemini_call(path)
+    if call is None or endpoint.startswith(NATIVE_PREFIX) or call.method in METHODS:
+        return call
+    return None
+
+
 def is_native(endpoint: str) -> bool:
     """Whether a request path is Gemini's native API: all of ``/v1beta/``, and the
     model calls under ``/v1/``."""
     if endpoint.startswith(NATIVE_PREFIX):
         return True
-    return endpoint.startswith("/v1/") and gemini_call(endpoint[4:]) is not None
+    return endpoint.startswith("/v1/") and native_call(endpoint, endpoint[4:]) is not None
 
 
 def version_of(endpoint: str) -> str:

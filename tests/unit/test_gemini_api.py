@@ -67,6 +67,8 @@ def test_a_call_streams_or_bills_by_its_method(
         ("/v1beta/files", True),
         ("/v1/models/gemini-2.5-flash:generateContent", True),
         ("/v1/models/gemini-2.5-flash", False),  # the OpenAI API's models.retrieve
+        ("/v1/models/ft:custom", False),  # a model name with a colon, not a Gemini method
+        ("/v1beta/models/gemini-2.5-flash:someNewMethod", True),
         ("/v1/chat/completions", False),
         ("/v1/models", False),
     ],
