@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -45,7 +45,9 @@ class ServerSettings(_Section):
     max_connections_per_client: int | None = Field(default=256, ge=1)
 
 
-UpstreamKind = Literal["openai", "azure", "openai-compatible", "anthropic"]
+UpstreamKind = Literal["openai", "azure", "openai-compatible", "anthropic", "gemini"]
+# Google's API hosts: an OpenAI-compatible upstream there is Gemini, priced from Google's list.
+GOOGLE_API_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
 
 
 class UpstreamSettings(_Section):
@@ -81,6 +83,11 @@ class UpstreamSettings(_Section):
             raise ValueError("give api_key or api_key_env, not both")
         if self.api_version is not None and self.kind != "azure":
             raise ValueError("api_version is for kind: azure (deployment URLs) only")
+        if self.kind == "gemini" and urlsplit(self.url).path.rstrip("/").endswith(_VERSIONS):
+            raise ValueError(
+                "for kind: gemini give the API root, e.g. https://generativelanguage.googleapis.com:"
+                " the version (v1beta, v1) comes from the client's path"
+            )
         return self
 
     @property
@@ -88,14 +95,31 @@ class UpstreamSettings(_Section):
         """Whether to ask streams for ``stream_options.include_usage``."""
         if self.inject_stream_usage is not None:
             return self.inject_stream_usage
-        return self.kind != "anthropic"
+        # Anthropic and Gemini's native API report usage in every stream unasked.
+        return self.kind not in ("anthropic", "gemini")
 
     @property
     def pricing_provider(self) -> str | None:
         """The provider whose price list applies, as a hint for pricing."""
         if self.provider is not None:
             return self.provider
-        return {"openai": "openai", "azure": "azure", "anthropic": "anthropic"}.get(self.kind)
+        if _host(self.url) in GOOGLE_API_HOSTS:
+            return "google"  # Gemini's OpenAI-compatible endpoint, whatever the kind
+        return _KIND_PROVIDERS.get(self.kind)
+
+
+_KIND_PROVIDERS = {
+    "openai": "openai",
+    "azure": "azure",
+    "anthropic": "anthropic",
+    "gemini": "google",
+}
+_VERSIONS = ("/v1", "/v1beta", "/v1alpha")
+
+
+def _host(url: str) -> str:
+    """The host of an ``http(s)://`` URL (``urlsplit`` would also check its port)."""
+    return url.split("/", 3)[2].rpartition("@")[2].split(":", 1)[0].lower()
 
 
 class DatabaseSettings(_Section):

@@ -1,4 +1,4 @@
-"""Errors tallyproxy itself raises, and their rendering in OpenAI's error shape.
+"""Errors tallyproxy itself raises, and their rendering in OpenAI's (or Gemini's) error shape.
 
     TallyError
     ├── ClientError                 4xx: the request is at fault
@@ -20,11 +20,13 @@
         └── UpstreamTimeout         504
 
 Errors the upstream returns itself are not TallyErrors: they are forwarded unchanged.
+Requests to Gemini's native API get them in Google's shape, so its SDKs raise as usual.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -137,8 +139,52 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def error_response(exc: TallyError, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+ErrorShape = Literal["openai", "gemini"]
+
+# google.rpc status names by HTTP status, as Google's APIs pair them.
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def gemini_error_body(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
+    """The JSON body Google's APIs use for errors (``google.rpc.Status``); ``reason`` goes in
+    an ``ErrorInfo`` detail, as Google names the cause (``API_KEY_INVALID``)."""
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT"),
+    }
+    if reason is not None:
+        error["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason.upper(),
+                "domain": "tallyproxy",
+            }
+        ]
+    return {"error": error}
+
+
+def error_response(
+    exc: TallyError, headers: dict[str, str] | None = None, shape: ErrorShape = "openai"
+) -> JSONResponse:
+    """The answer for ``exc``, in the error shape of the API the client called."""
+    if shape == "gemini":
+        body: dict[str, Any] = gemini_error_body(exc.status_code, exc.message, exc.code)
+    else:
+        body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 

@@ -1,4 +1,5 @@
-"""A short way in for proxied requests: ``/v1/...`` goes straight to the forwarder.
+"""A short way in for proxied requests: ``/v1/...`` (and Gemini's ``/v1beta/...``) goes
+straight to the forwarder.
 
 FastAPI's stack (error, body-limit, telemetry and exit-stack middleware, then route matching
 over every API route) cost about as much CPU as the forwarding itself; the forwarder needs
@@ -21,11 +22,13 @@ from proxy.errors import error_body
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/"
+GEMINI_PREFIX = "/v1beta/"
 MAX_HEADER_BYTES = 64 * 1024
 
 
 class ProxyFastPath:
-    """Wrap the app; ``/v1/<path>`` HTTP requests skip its middleware and routing."""
+    """Wrap the app; ``/v1/<path>`` and ``/v1beta/<path>`` HTTP requests skip its middleware
+    and routing."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -38,7 +41,8 @@ class ProxyFastPath:
             body = error_body(message, "invalid_request_error", code="headers_too_large")
             await JSONResponse(body, status_code=431)(scope, receive, send)
             return
-        if scope["type"] != "http" or not path.startswith(PREFIX):
+        prefix = PREFIX if path.startswith(PREFIX) else GEMINI_PREFIX
+        if scope["type"] != "http" or not path.startswith(prefix):
             nul_in = _nul_parameter(scope) if scope["type"] == "http" else None
             if nul_in is not None:
                 # No stored id or filter value holds NUL, and Postgres refuses it in a query.
@@ -51,7 +55,7 @@ class ProxyFastPath:
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app
-        scope["path_params"] = {"path": path[len(PREFIX) :]}
+        scope["path_params"] = {"path": path[len(prefix) :]}
         request = Request(scope, receive, send)
         try:
             response = await self.app.state.forwarder.handle(request)

@@ -24,6 +24,7 @@ from proxy.errors import (
     BodyTooLarge,
     BudgetExceeded,
     DatabaseUnavailable,
+    ErrorShape,
     InvalidRequest,
     ModelNotRouted,
     RecordsUnavailable,
@@ -33,12 +34,21 @@ from proxy.errors import (
     UpstreamUnreachable,
     error_response,
 )
+from proxy.gemini_api import (
+    KEY_HEADER,
+    NATIVE_PREFIX,
+    is_native,
+    lift_query_key,
+    native_call,
+    version_of,
+)
 from proxy.metering import completion_text_from_payload, priced_model, wants_estimate
 from proxy.money import format_usd
 from proxy.plan import (
     BodyError,
     RequestPlan,
     client_headers,
+    for_gemini,
     plan_request,
     upstream_headers,
     with_stream_usage,
@@ -59,7 +69,7 @@ from proxy.sse import json_object
 from proxy.store.writer import Recordable
 from proxy.streaming import PassthroughStream, shutdown_event, shutdown_response
 from proxy.tags import TagError, parse_tags
-from proxy.tee import ExchangeSink, StreamTee, elapsed_ms
+from proxy.tee import ExchangeSink, Framing, StreamTee, elapsed_ms
 from proxy.upstream_client import (
     PoolExhaustedError,
     Timeouts,
@@ -70,7 +80,7 @@ from proxy.upstream_client import (
     UpstreamTimeoutError,
     timeouts_of,
 )
-from proxy.usage import usage_from_payload
+from proxy.usage import response_model_of, usage_from_payload
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +91,10 @@ SESSION_COST_HEADER = "x-tally-session-cost-usd"
 RECORDS_UNAVAILABLE = (
     "tallyproxy cannot record requests now (database down and spool full, or its queue "
     "full), so it does not serve them (database.when_unrecordable: refuse); retry shortly"
+)
+NO_GEMINI_ROUTE = (
+    "no upstream of kind gemini is configured, so Gemini's native API (/v1beta/...) is not "
+    "served; add one to 'upstreams:' (url: https://generativelanguage.googleapis.com)"
 )
 UNKNOWN_MODEL = (
     "tallyproxy cannot tell which model this request is for (the body is neither a JSON "
@@ -108,6 +122,12 @@ class Forwarder:
     ) -> None:
         self.client = client
         self.routes = tuple(routes)
+        # Gemini's native API goes to gemini upstreams only, the OpenAI API to the others
+        # (to all of them when there are no others: a lone upstream takes everything).
+        self.gemini_routes = tuple(route for route in self.routes if route.kind == "gemini")
+        self.api_routes = (
+            tuple(route for route in self.routes if route.kind != "gemini") or self.routes
+        )
         self.sink = sink
         self.prices = prices
         self.session_costs = session_costs
@@ -129,30 +149,43 @@ class Forwarder:
         endpoint: str = request.scope["path"]
         headers = request.headers.items()
         path: str = request.path_params["path"]
+        query = request.scope["query_string"].decode("latin-1")
+        call = native_call(endpoint, path)
+        native = call is not None or endpoint.startswith(NATIVE_PREFIX)
+        shape: ErrorShape = "gemini" if native else "openai"
+        if native:
+            headers, query = _key_from_query(headers, query)
         try:
             # Before anything else: a path that could reach another target goes nowhere.
             check_path(path)
             body = await read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
+            if native:
+                plan = for_gemini(plan, call)
             tags = parse_tags(headers, plan.json)
-            upstream = choose_upstream(self.routes, plan.model)
-            where = target(upstream, upstream_path(path, request.scope.get("raw_path")), plan.model)
+            upstream = self._route(plan.model, native)
+            where = target(
+                upstream,
+                upstream_path(path, request.scope.get("raw_path"), _prefix(endpoint)),
+                plan.model,
+                version_of(endpoint),
+            )
             # A virtual key is resolved here; it never reaches the upstream, whose own key
             # replaces it (upstream_headers drops every client credential header).
             admission = await self.gate.admit(headers, plan.model, upstream)
         except BodyError as exc:
-            return error_response(InvalidRequest(str(exc)), id_header)
+            return error_response(InvalidRequest(str(exc)), id_header, shape)
         except TagError as exc:
-            return error_response(InvalidRequest(str(exc), param=exc.header), id_header)
+            return error_response(InvalidRequest(str(exc), param=exc.header), id_header, shape)
         except BodyTooLarge as exc:
             # Closed after the 413: a body drained only up to its bound leaves no known state.
-            return error_response(exc, {**id_header, "connection": "close"})
+            return error_response(exc, {**id_header, "connection": "close"}, shape)
         except NoRoute as exc:
-            return error_response(ModelNotRouted(str(exc), param="model"), id_header)
+            return error_response(ModelNotRouted(str(exc), param="model"), id_header, shape)
         except UnsafePath as exc:
-            return error_response(InvalidRequest(str(exc), param=exc.param), id_header)
+            return error_response(InvalidRequest(str(exc), param=exc.param), id_header, shape)
         except TallyError as exc:
-            return error_response(exc, id_header)
+            return error_response(exc, id_header, shape)
         if upstream.stream_usage:
             plan = with_stream_usage(plan, endpoint)
 
@@ -177,7 +210,7 @@ class Forwarder:
             span_id=None if tags.trace is None else tags.trace.span_id,
         )
         if not plan.model_known and _model_matters(admission.key, self.budgets, exchange):
-            return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header)
+            return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header, shape)
         if self.budgets is not None:
             try:
                 await self.budgets.reserve(exchange)
@@ -186,9 +219,7 @@ class Forwarder:
         try:
             response = await self.client.send(
                 request.method,
-                _with_query(
-                    where.url, request.scope["query_string"].decode("latin-1"), where.query
-                ),
+                _with_query(where.url, query, where.query),
                 upstream_headers(
                     headers, credential_headers(upstream, headers), upstream.headers, plan.stream
                 ),
@@ -203,10 +234,21 @@ class Forwarder:
         exchange.status_code = response.status_code
         content_type = response.header("content-type")
         if "text/event-stream" in content_type:
-            return self._stream(response, exchange, plan, started)
+            return self._stream(response, exchange, plan, started, native)
         if "json" in content_type:
+            if native and plan.stream and response.is_success:
+                # streamGenerateContent without alt=sse: one JSON array, sent as it grows.
+                return self._stream(response, exchange, plan, started, native, "json-array")
             return await self._buffered(response, exchange, started)
         return self._stream(response, exchange, None, started)
+
+    def _route(self, model: str | None, native: bool) -> UpstreamSettings:
+        """The upstream for ``model``, among those that speak the API the client called."""
+        if not native:
+            return choose_upstream(self.api_routes, model)
+        if not self.gemini_routes:
+            raise NoRoute(NO_GEMINI_ROUTE)
+        return choose_upstream(self.gemini_routes, model)
 
     def _upstream_failed(
         self, exchange: Exchange, started: float, exc: UpstreamHTTPError
@@ -217,7 +259,7 @@ class Forwarder:
         exchange.latency_ms = elapsed_ms(started)
         exchange.request_body = None
         self.sink.submit(exchange)
-        return error_response(error, {REQUEST_ID_HEADER: exchange.id})
+        return error_response(error, {REQUEST_ID_HEADER: exchange.id}, _shape(exchange))
 
     def _refused(self, exchange: Exchange, started: float, exc: TallyError) -> Response:
         """A budget refused the request before the upstream was asked: it is recorded, at
@@ -228,7 +270,7 @@ class Forwarder:
         exchange.latency_ms = elapsed_ms(started)
         exchange.request_body = None
         self.sink.submit(exchange)
-        return error_response(exc, {REQUEST_ID_HEADER: exchange.id})
+        return error_response(exc, {REQUEST_ID_HEADER: exchange.id}, _shape(exchange))
 
     def _cut_by_shutdown(self, exchange: Exchange, started: float) -> Response:
         """Only the server cancels a request: its shutdown grace is over. The upstream may
@@ -239,7 +281,7 @@ class Forwarder:
         exchange.latency_ms = elapsed_ms(started)
         exchange.request_body = None
         self.sink.submit(exchange)
-        return shutdown_response({REQUEST_ID_HEADER: exchange.id})
+        return shutdown_response({REQUEST_ID_HEADER: exchange.id}, _shape(exchange))
 
     async def _buffered(
         self, response: UpstreamResponse, exchange: Exchange, started: float
@@ -258,8 +300,7 @@ class Forwarder:
         headers.append((REQUEST_ID_HEADER, exchange.id))
         payload = json_object(content)
         if payload is not None:
-            model = payload.get("model")
-            exchange.response_model = model if isinstance(model, str) else None
+            exchange.response_model = response_model_of(payload)
             exchange.provider_usage = usage_from_payload(payload)
         usage = exchange.provider_usage
         if usage is not None:
@@ -288,6 +329,8 @@ class Forwarder:
         exchange: Exchange,
         plan: RequestPlan | None,
         started: float,
+        native: bool = False,
+        framing: Framing = "sse",
     ) -> Response:
         tee = StreamTee(
             response,
@@ -298,6 +341,9 @@ class Forwarder:
             sink=self.sink,
             prices=self.prices,
             session_costs=self.session_costs,
+            # Gemini's SDKs read every line as data: no tally comment for them.
+            tally=not native,
+            framing=framing,
         )
         headers = _headers_without_encoding(response)
         headers.append((REQUEST_ID_HEADER, exchange.id))
@@ -308,8 +354,39 @@ class Forwarder:
             headers,
             tee.finish,
             on_end=tee.journal_end,
-            goodbye=shutdown_event() if plan is not None else b"",
+            goodbye=_goodbye(plan is not None, native, framing),
         )
+
+
+def _goodbye(events: bool, native: bool, framing: Framing) -> bytes:
+    """What a stream cut by the proxy's shutdown ends with: an error event in the client's
+    API's shape; nothing for bytes that are not events (nor inside a JSON array)."""
+    if not events or framing != "sse":
+        return b""
+    return shutdown_event("gemini" if native else "openai")
+
+
+def _shape(exchange: Exchange) -> ErrorShape:
+    """The error shape of the API an exchange's client called."""
+    return "gemini" if is_native(exchange.endpoint) else "openai"
+
+
+def _prefix(endpoint: str) -> bytes:
+    return b"/v1beta/" if endpoint.startswith(NATIVE_PREFIX) else b"/v1/"
+
+
+def _key_from_query(
+    headers: list[tuple[str, str]], query: str
+) -> tuple[list[tuple[str, str]], str]:
+    """A Gemini client's ``key`` query parameter, moved to the ``x-goog-api-key`` header it
+    stands for (where the gate finds virtual keys and the upstream's own key replaces it):
+    no URL the proxy sends or keeps holds a key. A key header already sent wins."""
+    query, key = lift_query_key(query)
+    if key is None:
+        return headers, query
+    if any(name == KEY_HEADER for name, _ in headers):
+        return headers, query
+    return [*headers, (KEY_HEADER, key)], query
 
 
 def _model_matters(key: VirtualKey | None, budgets: Budgets | None, exchange: Exchange) -> bool:

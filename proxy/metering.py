@@ -14,7 +14,7 @@ from proxy.pricing import NOTHING_CHARGED, Cost, PriceBook
 from proxy.records import Exchange, RequestRecord, UsageSource
 from proxy.tokens import TokenCounter
 from proxy.unbilled import billed_nothing
-from proxy.usage import Usage
+from proxy.usage import Usage, gemini_texts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def completion_text_from_payload(payload: Mapping[str, Any]) -> str:
             value = item.get(key)
             if isinstance(value, str):
                 parts.append(value)
+    for candidate in _dicts(payload.get("candidates")):  # Gemini
+        parts.extend(gemini_texts(candidate.get("content")))
     return "".join(parts)
 
 
@@ -91,6 +93,7 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         status_code=exchange.status_code,
         model=exchange.model,
         has_usage=False,
+        endpoint=exchange.endpoint,
     ):
         cost = NOTHING_CHARGED
     sampled = exchange.provider_usage is not None and estimate is not None

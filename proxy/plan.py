@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from proxy.forms import FORM_TYPES, form_fields, media_type
+from proxy.gemini_api import GeminiCall
 from proxy.routing import CREDENTIAL_HEADERS
 from proxy.tags import is_tag_header
 
@@ -105,6 +106,20 @@ def _undeclared_plan(body: bytes, media: str, content_type: str) -> RequestPlan:
     if not models or models == [as_json.model]:
         return as_json
     return RequestPlan(body, None, None, False, False, model_known=False)
+
+
+def for_gemini(plan: RequestPlan, call: GeminiCall | None) -> RequestPlan:
+    """A native Gemini request: the model and whether it streams come from the path.
+
+    Other Gemini paths may name a model in the body, as a resource name
+    (``cachedContents``: ``"model": "models/gemini-2.5-flash"``): routed by the model's own
+    name.
+    """
+    if call is not None:
+        return replace(plan, model=call.model, stream=call.stream, model_known=True)
+    if plan.model is not None and plan.model.startswith("models/"):
+        return replace(plan, model=plan.model.removeprefix("models/"))
+    return plan
 
 
 def with_stream_usage(plan: RequestPlan, endpoint: str) -> RequestPlan:

@@ -11,7 +11,12 @@ from urllib.parse import quote, quote_from_bytes
 from proxy.config import UpstreamSettings
 
 # Headers that carry a provider key, in any of the shapes the SDKs send.
-CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key"})
+CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
+# The header each kind takes its key in, when not ``Authorization: Bearer``.
+_KEY_HEADERS = {"azure": "api-key", "anthropic": "x-api-key", "gemini": "x-goog-api-key"}
+# Bearer tokens that are not API keys, and stay bearer tokens: a JWT is an Entra ID (Azure
+# AD) token, ``ya29.`` a Google OAuth access token.
+_OAUTH_TOKENS = ("eyJ", "ya29.")
 
 
 class NoRoute(LookupError):
@@ -78,14 +83,15 @@ def check_path(path: str) -> None:
         raise UnsafePath(f"invalid path {'/v1/' + path!r}: it contains {_problem(found[0])}")
 
 
-def upstream_path(path: str, raw_path: bytes | None) -> str:
+def upstream_path(path: str, raw_path: bytes | None, prefix: bytes = b"/v1/") -> str:
     """The checked path to send upstream, percent-encoded: as the client encoded it.
 
     ``raw_path`` is the request's path as sent (ASGI's ``raw_path``); without it, or when
-    it does not start with ``/v1/`` literally, the decoded ``path`` is encoded again.
+    it does not start with ``prefix`` (``/v1/``, ``/v1beta/``) literally, the decoded
+    ``path`` is encoded again.
     """
-    if raw_path is not None and raw_path.startswith(b"/v1/"):
-        return quote_from_bytes(raw_path[4:], safe=_PATH_SAFE + "%")
+    if raw_path is not None and raw_path.startswith(prefix):
+        return quote_from_bytes(raw_path[len(prefix) :], safe=_PATH_SAFE + "%")
     return quote(path, safe=_PATH_SAFE)
 
 
@@ -102,16 +108,19 @@ class Target:
     query: dict[str, str]
 
 
-def target(upstream: UpstreamSettings, path: str, model: str | None) -> Target:
-    """Where ``/v1/<path>`` goes on ``upstream``.
+def target(upstream: UpstreamSettings, path: str, model: str | None, version: str = "v1") -> Target:
+    """Where ``/<version>/<path>`` goes on ``upstream``.
 
     Azure with ``api_version`` uses deployment URLs:
     ``<url>/openai/deployments/<deployment>/<path>?api-version=<v>``, the deployment being the
-    model's entry in ``deployments`` or the model name itself. Everything else is
+    model's entry in ``deployments`` or the model name itself. Gemini's ``url`` is the API
+    root, and the client's version stays: ``<url>/<version>/<path>``. Everything else is
     ``<url>/<path>``. ``path`` is percent-encoded (``upstream_path``). A deployment that is
     not one plain segment raises ``UnsafePath``.
     """
     encoded = path
+    if upstream.kind == "gemini":
+        return Target(f"{upstream.url}/{version}/{encoded}", {})
     if upstream.kind == "azure" and upstream.api_version is not None:
         query = {"api-version": upstream.api_version}
         if model is None:
@@ -140,13 +149,14 @@ def credential_headers(
 
     None at all when the route's ``headers`` hold a credential (they are added after).
 
-    The openai SDK always sends ``Authorization: Bearer``; Azure wants ``api-key`` and
-    Anthropic ``x-api-key``, so a client's bearer key is moved to the header the kind expects.
+    The openai SDK always sends ``Authorization: Bearer``; Azure wants ``api-key``,
+    Anthropic ``x-api-key`` and Gemini ``x-goog-api-key``, so a client's bearer key is moved
+    to the header the kind expects.
     """
     if headers_carry_key(upstream):
         return []  # the route's own headers carry its key; the client's never go with it
     sent = {name: value for name, value in client_headers if name in CREDENTIAL_HEADERS}
-    header = {"azure": "api-key", "anthropic": "x-api-key"}.get(upstream.kind)
+    header = _KEY_HEADERS.get(upstream.kind)
     if header is None:
         if upstream.api_key is not None:
             return [("authorization", f"Bearer {upstream.api_key}")]
@@ -156,7 +166,6 @@ def credential_headers(
     if header in sent:
         return [(header, sent[header])]
     scheme, _, token = sent.get("authorization", "").partition(" ")
-    # A JWT is an Entra ID (Azure AD) token, which Azure takes as a bearer token.
-    if scheme.lower() == "bearer" and token and not token.startswith("eyJ"):
+    if scheme.lower() == "bearer" and token and not token.startswith(_OAUTH_TOKENS):
         return [(header, token)]
     return list(sent.items())

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.errors import error_body
+from proxy.errors import ErrorShape, error_body, gemini_error_body
 from proxy.records import PROXY_SHUTTING_DOWN
 
 log = logging.getLogger(__name__)
@@ -23,18 +24,21 @@ _GOODBYE_SECONDS = 1.0
 """How long the last words to a client cut by the shutdown may take (it may not read)."""
 
 
-def shutdown_event() -> bytes:
-    """The SSE event a stream cut by the proxy's shutdown ends with: OpenAI's error shape,
-    which the SDKs raise as an error (after a blank line, in case an event was cut)."""
-    return b"\n\ndata: " + orjson.dumps(_shutdown_error()) + b"\n\n"
+def shutdown_event(shape: ErrorShape = "openai") -> bytes:
+    """The SSE event a stream cut by the proxy's shutdown ends with: the error shape of the
+    client's API, which the SDKs raise as an error (after a blank line, in case an event was
+    cut)."""
+    return b"\n\ndata: " + orjson.dumps(_shutdown_error(shape)) + b"\n\n"
 
 
-def shutdown_response(headers: dict[str, str]) -> Response:
+def shutdown_response(headers: dict[str, str], shape: ErrorShape = "openai") -> Response:
     """The answer to a request the proxy's shutdown cut before its upstream answered."""
-    return JSONResponse(_shutdown_error(), status_code=503, headers=headers)
+    return JSONResponse(_shutdown_error(shape), status_code=503, headers=headers)
 
 
-def _shutdown_error() -> dict[str, dict[str, str | None]]:
+def _shutdown_error(shape: ErrorShape = "openai") -> dict[str, Any]:
+    if shape == "gemini":
+        return gemini_error_body(503, PROXY_SHUTTING_DOWN, "proxy_shutting_down")
     return error_body(PROXY_SHUTTING_DOWN, "server_error", code="proxy_shutting_down")
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Literal, Protocol
 
 import orjson
 
+from proxy.json_stream import JsonArraySplitter, element_json
 from proxy.metering import priced_model, wants_estimate
 from proxy.money import format_usd
 from proxy.pricing import PriceBook
@@ -22,16 +23,23 @@ _USAGE_NULL = b',"usage":null'
 _DONE = b"data: [DONE]"
 # Anthropic's last event; its first line, which text inside the JSON data cannot fake.
 _MESSAGE_STOP = b"event: message_stop"
-_USAGE_KEY = b'"usage"'
-# An event carrying counts: the bytes of a JSON key "usage" with an object for its value
-# (inside a JSON string the quotes would be escaped, so text cannot fake it).
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_USAGE_KEY = b'"usage'
+# An event carrying counts: the bytes of a JSON key "usage" (Gemini's "usageMetadata") with
+# an object for its value (inside a JSON string the quotes would be escaped, so text cannot
+# fake it).
+_USAGE_OBJECT = re.compile(rb'"usage(?:Metadata)?"\s*:\s*\{')
 _LAZY_LIMIT = 256 * 1024
 """Bytes of unparsed events a stream may hold (about 1,000 chunks); past that, every event is
 parsed as it comes, so 64 long streams hold 16 MB at most."""
 _TAIL_EVENTS = 4
 """Last events read for the end of a stream (finish reason, message_stop) when the rest is
 not needed."""
+
+
+Framing = Literal["sse", "json-array"]
+"""How a watched stream is cut into events: Server-Sent Events, or the elements of one JSON
+array (Gemini's ``streamGenerateContent`` without ``alt=sse``)."""
+_Parse = Callable[[bytes], tuple[str | None, dict[str, Any] | None, bool]]
 
 
 class ExchangeSink(Protocol):
@@ -62,6 +70,10 @@ class StreamTee:
     are parsed on the way; the others are kept as bytes (up to ``_LAZY_LIMIT``) and read at
     the end only if a local estimate needs their text, else just the last few, for how the
     stream ended.
+
+    Without ``tally`` no comment is added: clients that read every line as data (the
+    google-genai SDK) take a comment for a broken chunk. ``framing`` says how the watched
+    bytes are cut into events.
     """
 
     def __init__(
@@ -75,6 +87,8 @@ class StreamTee:
         sink: ExchangeSink,
         prices: PriceBook,
         session_costs: SessionCosts,
+        tally: bool = True,
+        framing: Framing = "sse",
     ) -> None:
         self.response = response
         self.exchange = exchange
@@ -84,13 +98,16 @@ class StreamTee:
         self.sink = sink
         self.prices = prices
         self.session_costs = session_costs
-        self.splitter = SSESplitter()
+        self.splitter: SSESplitter | JsonArraySplitter = (
+            SSESplitter() if framing == "sse" else JsonArraySplitter()
+        )
+        self._parse: _Parse = event_json if framing == "sse" else element_json
         self.accumulator = StreamAccumulator()
         self.unparsed: list[bytes] | None = []
         """Every event so far, in order, while the accumulator has seen only the usage ones;
         None once it sees them all."""
         self.unparsed_bytes = 0
-        self.tallied = False
+        self.tallied = not tally
         self.ended_cleanly = False
         self.journaled = False
         self.answer_ended = False
@@ -130,6 +147,8 @@ class StreamTee:
 
     def _pass_through(self, chunk: bytes) -> tuple[list[bytes], int | None]:
         self._observe(self.splitter.feed(chunk))
+        if self.tallied:
+            return [chunk], None
         done_at = chunk.find(_DONE)
         if done_at < 0:
             return [chunk], None
@@ -161,16 +180,16 @@ class StreamTee:
         if unparsed is None or _carries_usage(raw):
             if unparsed is not None:
                 unparsed.append(raw)
-            return event_json(raw)
+            return self._parse(raw)
         unparsed.append(raw)
         self.unparsed_bytes += len(raw)
         if self.unparsed_bytes > _LAZY_LIMIT:
             self._read_all()  # this event included
-        return None, None, _DONE in raw and event_json(raw)[2]
+        return None, None, _DONE in raw and self._parse(raw)[2]
 
     def _read_all(self) -> None:
         """Feed every event so far, in order, to a fresh accumulator; feed all from now on."""
-        self.accumulator = _accumulated(self.unparsed or ())
+        self.accumulator = _accumulated(self.unparsed or (), self._parse)
         self.unparsed = None
 
     def _settle(self) -> bool:
@@ -183,7 +202,7 @@ class StreamTee:
         if self.response.is_success and wants_estimate(exchange):
             self._read_all()
             return self.accumulator.finished
-        tail = _accumulated(self.unparsed[-_TAIL_EVENTS:])
+        tail = _accumulated(self.unparsed[-_TAIL_EVENTS:], self._parse)
         self.unparsed = None
         self.accumulator.response_model = self.accumulator.response_model or tail.response_model
         return self.accumulator.finished or tail.finished
@@ -248,11 +267,11 @@ class StreamTee:
         self.sink.submit(exchange)
 
 
-def _accumulated(events: Iterable[bytes]) -> StreamAccumulator:
+def _accumulated(events: Iterable[bytes], parse: _Parse = event_json) -> StreamAccumulator:
     """A fresh accumulator fed ``events``, in order."""
     accumulator = StreamAccumulator()
     for raw in events:
-        event_type, event, _ = event_json(raw)
+        event_type, event, _ = parse(raw)
         if event is not None:
             accumulator.feed(event, event_type)
     return accumulator

@@ -11,7 +11,8 @@ Chat prompts are wrapped in the family's chat format: OpenAI's per-message overh
 rendering (``proxy.tokenization.openai_format``), the official Qwen2.5 / Qwen3 / DeepSeek-V3
 Jinja templates (``proxy.tokenization.chat_templates``), Llama 3's and older Qwen names' formats
 (``proxy.tokenization.templates``). Anthropic Messages requests are estimated with a stand-in
-tokenizer and are approximate (``proxy.tokenization.anthropic``). Counting is synchronous and
+tokenizer and are approximate (``proxy.tokenization.anthropic``), as are Gemini
+``generateContent`` requests (``proxy.tokenization.gemini``). Counting is synchronous and
 thread-safe: callers run large inputs in worker threads.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from proxy.config import TokenizerRule
+from proxy.gemini_api import gemini_call
 from proxy.tokenization import chat_templates, templates
 from proxy.tokenization.anthropic import messages_prompt
 from proxy.tokenization.families import (
@@ -31,6 +33,7 @@ from proxy.tokenization.families import (
     encoding_name_for_model,
     qwen_default_system,
 )
+from proxy.tokenization.gemini import contents_prompt
 from proxy.tokenization.loading import (
     BUILTIN_NAMES,
     Tokenizer,
@@ -106,16 +109,21 @@ class TokenCounter:
         and embeddings count their input as is (token arrays by their length). The Responses
         API is best effort: ``instructions`` and each input message are counted like chat
         messages, function calls and their outputs like chat function calls. Anthropic
-        ``/v1/messages`` is approximate (a stand-in tokenizer). None for other endpoints and
-        for bodies without the input the endpoint needs.
+        ``/v1/messages`` and Gemini's ``generateContent`` are approximate (stand-in
+        tokenizers). None for other endpoints and for bodies without the input the endpoint
+        needs.
         """
         if not isinstance(body, Mapping):
             return None
+        route = _route(endpoint)
         model = body.get("model")
         model = model if isinstance(model, str) else ""
+        call = gemini_call(route.removeprefix("/v1beta").removeprefix("/"))
+        if call is not None:
+            model, route = call.model, f"gemini:{call.method}"
         choice = choose(model, self._rules)
         tally = Tally(self._load(choice))
-        match _route(endpoint):
+        match route:
             case "/chat/completions" if choice.chat == "openai":
                 found = chat_prompt(tally, body)
             case "/chat/completions" if choice.chat in _OFFICIAL_TEMPLATE:
@@ -133,6 +141,8 @@ class TokenCounter:
                 found = responses_prompt(tally, body)
             case "/messages":
                 found = messages_prompt(tally, body)
+            case "gemini:generateContent" | "gemini:streamGenerateContent":
+                found = contents_prompt(tally, body)
             case _:
                 found = False
         return tally.estimate() if found else None

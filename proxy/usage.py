@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -29,19 +31,31 @@ def usage_from_payload(payload: Mapping[str, Any]) -> Usage | None:
     """Return the token usage reported in a non-streamed response body, or None.
 
     Understands chat and legacy completions, embeddings, the Responses API object, Anthropic
-    messages and DeepSeek's cache fields. Returns None when the body has no usable ``usage``
-    (absent, null, or without a single valid count); bad values never raise.
+    messages, DeepSeek's cache fields and Gemini's ``usageMetadata``. Returns None when the
+    body has no usable ``usage`` (absent, null, or without a single valid count); bad values
+    never raise.
     """
     if not isinstance(payload, Mapping):
         return None
     usage = payload.get("usage")
     if not isinstance(usage, Mapping):
-        return None
+        metadata = payload.get("usageMetadata")
+        return gemini_usage(metadata) if isinstance(metadata, Mapping) else None
     if payload.get("type") == "message":
         return _anthropic_usage(usage)
     if payload.get("object") == "response":
         return _responses_usage(usage)
     return _usage_by_shape(usage)
+
+
+def response_model_of(payload: Mapping[str, Any]) -> str | None:
+    """The model an answer names: ``model``, or Gemini's ``modelVersion``."""
+    model = payload.get("model")
+    if model is None:
+        model = payload.get("modelVersion")
+        if isinstance(model, str):
+            model = model.removeprefix("models/")
+    return model if isinstance(model, str) and model else None
 
 
 def is_usage_only_chunk(event: Mapping[str, Any]) -> bool:
@@ -113,6 +127,8 @@ class StreamAccumulator:
                 self._feed_anthropic_usage(event.get("usage"))
             case "message_stop":
                 self.finished = True
+            case _ if "candidates" in event or "usageMetadata" in event:
+                self._feed_gemini_chunk(event)
             case _:
                 self._feed_chat_chunk(event)
 
@@ -170,6 +186,25 @@ class StreamAccumulator:
         usage = response.get("usage")
         if isinstance(usage, Mapping):
             found = _responses_usage(usage)
+            if found is not None:
+                self.usage = found
+
+    def _feed_gemini_chunk(self, event: Mapping[str, Any]) -> None:
+        """One ``GenerateContentResponse`` of a Gemini stream: each carries the running
+        ``usageMetadata``, so the last one is the total."""
+        model = response_model_of(event)
+        if model is not None:
+            self.response_model = model
+        candidates = event.get("candidates")
+        if isinstance(candidates, list):
+            for candidate in candidates:
+                if isinstance(candidate, Mapping):
+                    self._parts.extend(gemini_texts(candidate.get("content")))
+                    if candidate.get("finishReason") is not None:
+                        self.finished = True
+        metadata = event.get("usageMetadata")
+        if isinstance(metadata, Mapping):
+            found = gemini_usage(metadata)
             if found is not None:
                 self.usage = found
 
@@ -288,3 +323,71 @@ def _anthropic_usage(usage: Mapping[str, Any]) -> Usage | None:
         cached_tokens=read or 0,
         cache_creation_tokens=written or 0,
     )
+
+
+def gemini_usage(metadata: Mapping[str, Any]) -> Usage | None:
+    """Gemini's ``usageMetadata``, mapped as Google bills it.
+
+    ``promptTokenCount`` includes the cached content (``cachedContentTokenCount``); the
+    prompts of tools the model ran (``toolUsePromptTokenCount``: search results, code
+    output) are input too. ``candidatesTokenCount`` excludes thoughts
+    (``thoughtsTokenCount``), which are billed as output: the completion is their sum, the
+    thoughts its reasoning tokens. Audio comes from the per-modality details; cached audio
+    is counted as cached, not again as audio.
+    """
+    prompt = _count(metadata.get("promptTokenCount"))
+    candidates = _count(metadata.get("candidatesTokenCount"))
+    thoughts = _count(metadata.get("thoughtsTokenCount"))
+    tools = _count(metadata.get("toolUsePromptTokenCount"))
+    total = _count(metadata.get("totalTokenCount"))
+    if prompt is None and candidates is None and thoughts is None and total is None:
+        return None
+    prompt = (prompt or 0) + (tools or 0)
+    completion = (candidates or 0) + (thoughts or 0)
+    audio_in = _modality(metadata, "promptTokensDetails", "AUDIO") + _modality(
+        metadata, "toolUsePromptTokensDetails", "AUDIO"
+    )
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion if total is None else total,
+        cached_tokens=_count(metadata.get("cachedContentTokenCount")) or 0,
+        reasoning_tokens=thoughts or 0,
+        prompt_audio_tokens=max(audio_in - _modality(metadata, "cacheTokensDetails", "AUDIO"), 0),
+        completion_audio_tokens=_modality(metadata, "candidatesTokensDetails", "AUDIO"),
+    )
+
+
+def _modality(metadata: Mapping[str, Any], details_key: str, modality: str) -> int:
+    """The tokens of one modality in a list of ``{"modality", "tokenCount"}`` details."""
+    details = metadata.get(details_key)
+    if not isinstance(details, list):
+        return 0
+    return sum(
+        _count(item.get("tokenCount")) or 0
+        for item in details
+        if isinstance(item, Mapping) and item.get("modality") == modality
+    )
+
+
+def gemini_texts(content: object) -> list[str]:
+    """What a Gemini ``Content`` generated: its parts' text (thought summaries included) and
+    function calls (name, then arguments as JSON), for a local count."""
+    if not isinstance(content, Mapping):
+        return []
+    parts = content.get("parts")
+    texts: list[str] = []
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, Mapping):
+            continue
+        text = part.get("text")
+        if isinstance(text, str) and text:
+            texts.append(text)
+        call = part.get("functionCall")
+        if isinstance(call, Mapping):
+            name = call.get("name")
+            if isinstance(name, str):
+                texts.append(name)
+            if call.get("args") is not None:
+                texts.append(orjson.dumps(call["args"]).decode())
+    return texts

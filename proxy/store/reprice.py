@@ -137,7 +137,11 @@ def _examine(row: Row[Any], price: PriceFunction, report: RepriceReport) -> _Upd
 def _new_cost(row: Row[Any], price: PriceFunction) -> Cost | None:
     if row.prompt_tokens is None:
         unbilled = billed_nothing(
-            method=row.method, status_code=row.status_code, model=row.model, has_usage=False
+            method=row.method,
+            status_code=row.status_code,
+            model=row.model,
+            has_usage=False,
+            endpoint=row.endpoint,
         )
         return NOTHING_CHARGED if unbilled else None
     usage = Usage(**{name: getattr(row, name) or 0 for name in TOKEN_FIELDS})

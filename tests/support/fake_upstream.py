@@ -1,8 +1,12 @@
-"""A fake OpenAI (and Anthropic Messages) provider: a real HTTP server with the real wire shapes.
+"""A fake OpenAI (and Anthropic, Gemini) provider: a real HTTP server with the real wire shapes.
 
 Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``/v1/responses``, ``/v1/messages`` (Anthropic), ``GET /v1/models``; JSON or SSE streams as the
-request asks. Anything else answers an OpenAI-shaped 404 (and is recorded too).
+request asks. Gemini's native API at ``/v1beta/models/{model}:{method}`` (and ``/v1/...``):
+``generateContent``, ``streamGenerateContent`` (``?alt=sse`` events, else one JSON array sent
+piece by piece) and ``countTokens``; its OpenAI-compatible endpoint at
+``/v1beta/openai/chat/completions``. Anything else answers an OpenAI-shaped 404 (and is
+recorded too).
 
 Behaviour is chosen per request with the ``X-Fake-Scenario`` header (comma-separated; the
 proxy forwards it unchanged) on top of :attr:`FakeUpstream.scenario`, the test's default:
@@ -25,7 +29,9 @@ An unknown scenario name is answered with a 400 naming it, so that a typo fails 
 Usage numbers come from :attr:`FakeUpstream.usage` (a :class:`FakeUsage`), overridable per
 request with ``X-Fake-Usage: prompt_tokens=100,cached_tokens=20``. Each API gets them in its
 own shape; Anthropic's ``input_tokens`` is ``prompt_tokens - cached_tokens -
-cache_creation_tokens`` so that the three add up to ``prompt_tokens``.
+cache_creation_tokens`` so that the three add up to ``prompt_tokens``; Gemini's
+``candidatesTokenCount`` is ``completion_tokens - reasoning_tokens`` (thoughts apart) and its
+``promptTokenCount`` leaves out ``tool_use_prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import base64
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import struct
 import threading
@@ -73,10 +80,35 @@ class FakeUsage:
     completion_audio_tokens: int = 0
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
+    tool_use_prompt_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def gemini(self, answered: float = 1.0) -> dict[str, Any]:
+        """Gemini ``usageMetadata`` once ``answered`` (0..1) of the candidates are out: thoughts
+        come first, whole; the prompt is known from the first chunk."""
+        candidates = round((self.completion_tokens - self.reasoning_tokens) * answered)
+        prompt = self.prompt_tokens - self.tool_use_prompt_tokens
+        metadata: dict[str, Any] = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": candidates,
+            "totalTokenCount": self.prompt_tokens + candidates + self.reasoning_tokens,
+            "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": prompt - self.prompt_audio_tokens}
+            ],
+        }
+        if self.prompt_audio_tokens:
+            audio = {"modality": "AUDIO", "tokenCount": self.prompt_audio_tokens}
+            metadata["promptTokensDetails"].append(audio)
+        if self.cached_tokens:
+            metadata["cachedContentTokenCount"] = self.cached_tokens
+        if self.reasoning_tokens:
+            metadata["thoughtsTokenCount"] = self.reasoning_tokens
+        if self.tool_use_prompt_tokens:
+            metadata["toolUsePromptTokenCount"] = self.tool_use_prompt_tokens
+        return metadata
 
     def chat(self) -> dict[str, Any]:
         """Chat Completions / Completions ``usage``."""
@@ -290,6 +322,14 @@ _OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
     ),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
+_GEMINI_ERRORS = {
+    400: ("INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
+    403: ("PERMISSION_DENIED", "Method doesn't allow unregistered callers."),
+    404: ("NOT_FOUND", "models/unknown is not found for API version v1beta."),
+    429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan."),
+    500: ("INTERNAL", "An internal error has occurred."),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+}
 _ANTHROPIC_ERRORS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -352,6 +392,10 @@ class FakeUpstream:
                 Route("/v1/messages", self._messages, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/v1/images/generations", self._images, methods=["POST"]),
+                # Gemini: ``models/{model}:{method}`` is one path segment to Starlette.
+                Route("/v1beta/models/{call}", self._gemini, methods=["POST"]),
+                Route("/v1/models/{call}", self._gemini, methods=["POST"]),
+                Route("/v1beta/openai/chat/completions", self._chat, methods=["POST"]),
                 # Azure OpenAI's deployment URLs (``?api-version=`` is recorded, not checked).
                 Route("/openai/deployments/{name}/chat/completions", self._chat, methods=["POST"]),
                 Route("/openai/deployments/{name}/embeddings", self._embeddings, methods=["POST"]),
@@ -876,6 +920,57 @@ class FakeUpstream:
             _sse({"type": "message_stop"}, event="message_stop"),
         ]
         return self._stream(events, scenario)
+
+    # -- Gemini's native API -------------------------------------------------------------
+
+    async def _gemini(self, request: Request) -> _Wire:
+        _, scenario = await self._receive(request)
+        model, _, method = request.path_params["call"].partition(":")
+        if scenario.error_status:
+            status = scenario.error_status
+            kind, message = _GEMINI_ERRORS.get(status, ("INTERNAL", "Fake error."))
+            error = {"code": status, "message": scenario.problem or message, "status": kind}
+            return self._json({"error": error}, scenario, status=status)
+        if method == "countTokens":
+            usage = self.usage.gemini()
+            counted = {"totalTokens": usage["promptTokenCount"]}
+            return self._json(
+                counted | {"promptTokensDetails": usage["promptTokensDetails"]}, scenario
+            )
+        if method not in ("generateContent", "streamGenerateContent"):
+            error = {"code": 404, "message": f"Method {method} not found.", "status": "NOT_FOUND"}
+            return self._json({"error": error}, scenario, status=404)
+        base = {"modelVersion": self.response_model or model, "responseId": self._id("resp")[-22:]}
+        if method == "generateContent":
+            return self._json(self._gemini_chunk(base, self.reply, scenario, 1.0, True), scenario)
+        pieces = _pieces(self.reply, scenario.chunks)
+        chunks = [
+            self._gemini_chunk(base, piece, scenario, (i + 1) / len(pieces), i == len(pieces) - 1)
+            for i, piece in enumerate(pieces)
+        ]
+        if request.query_params.get("alt") == "sse":
+            return self._stream(
+                [b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in chunks], scenario
+            )
+        # Without alt=sse: one JSON array, pretty-printed, sent element by element.
+        elements = [json.dumps(c, indent=2).encode() for c in chunks]
+        parts = [b"[" + elements[0], *(b"\r\n,\r\n" + e for e in elements[1:]), b"\r\n]"]
+        headers = {"x-request-id": self._id("req_")}
+        return _Wire(self, parts, headers=headers, scenario=scenario, stream=True)
+
+    def _gemini_chunk(
+        self, base: dict[str, Any], text: str, scenario: _Scenario, answered: float, last: bool
+    ) -> dict[str, Any]:
+        candidate: dict[str, Any] = {
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "index": 0,
+        }
+        if last:
+            candidate["finishReason"] = "STOP"
+        chunk: dict[str, Any] = {"candidates": [candidate]}
+        if scenario.usage is not None:
+            chunk["usageMetadata"] = scenario.usage.gemini(answered)
+        return chunk | base
 
 
 MAX_CHOICES = 128

@@ -101,11 +101,12 @@ def test_example_config_commented_blocks_are_valid(tmp_path: Path) -> None:
             "AZURE_OPENAI_API_KEY",
             "DEEPSEEK_API_KEY",
             "DASHSCOPE_API_KEY",
+            "GEMINI_API_KEY",
         )
     }
     settings = load_settings(config, environ=env)
     assert [u.name for u in settings.routes] == [
-        "anthropic", "azure", "deepseek", "qwen", "local-vllm", "openai"
+        "anthropic", "gemini", "gemini-openai", "azure", "deepseek", "qwen", "local-vllm", "openai"
     ]  # fmt: skip
     assert settings.routes[1].api_key == "secret"
     assert len(settings.prices) == 3 and len(settings.tokenizers) == 2

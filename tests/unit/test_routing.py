@@ -24,6 +24,13 @@ CLAUDE = UpstreamSettings(
 )
 LOCAL = UpstreamSettings(name="vllm", kind="openai-compatible", url="http://gpu-box:8000/v1")
 EXACT_BEATS_GLOB = UpstreamSettings(name="special", models=("gpt-4o-special",))
+GEMINI = UpstreamSettings(
+    name="gemini", kind="gemini", url="https://generativelanguage.googleapis.com",
+    models=("gemini-*",),
+)  # fmt: skip
+GEMINI_COMPAT = UpstreamSettings(
+    name="gemini-openai", url="https://generativelanguage.googleapis.com/v1beta/openai"
+)
 AZURE = UpstreamSettings(
     name="azure", kind="azure", url="https://contoso.openai.azure.com",
     api_version="2024-10-21", deployments={"gpt-4o": "prod-4o"}, models=("azure-*", "gpt-4o"),
@@ -80,12 +87,22 @@ def test_model_without_route_is_refused() -> None:
             "chat/completions", "gpt-4o",
             "https://contoso.openai.azure.com/openai/v1/chat/completions", {},
         ),
+        # Gemini's url is the API root: the client's version (v1beta here) stays in the path.
+        (
+            GEMINI, "models/gemini-2.5-flash:generateContent", "gemini-2.5-flash",
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
+            {},
+        ),
+        (
+            GEMINI_COMPAT, "chat/completions", "gemini-2.5-flash",
+            "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions", {},
+        ),
     ],
 )  # fmt: skip
 def test_target(
     upstream: UpstreamSettings, path: str, model: str | None, url: str, query: dict[str, str]
 ) -> None:
-    where = target(upstream, path, model)
+    where = target(upstream, path, model, "v1beta")
     assert (where.url, where.query) == (url, query)
 
 
@@ -121,6 +138,20 @@ BEARER = [("authorization", "Bearer sk-client"), ("content-type", "application/j
             [("x-api-key", "sk-ant-proxy")],
         ),
         (LOCAL, [("content-type", "application/json")], []),
+        (GEMINI, [("x-goog-api-key", "AIza-client")], [("x-goog-api-key", "AIza-client")]),
+        # The openai SDK's bearer key goes where Gemini reads keys; an OAuth token stays.
+        (GEMINI, BEARER, [("x-goog-api-key", "sk-client")]),
+        (
+            GEMINI,
+            [("authorization", "Bearer ya29.a0AfB_byC-oauth")],
+            [("authorization", "Bearer ya29.a0AfB_byC-oauth")],
+        ),
+        (
+            GEMINI.model_copy(update={"api_key": "AIza-proxy"}),
+            [("x-goog-api-key", "tp-virtual")],
+            [("x-goog-api-key", "AIza-proxy")],
+        ),
+        (GEMINI_COMPAT, BEARER, [("authorization", "Bearer sk-client")]),
     ],
 )
 def test_credential_headers(
@@ -140,6 +171,15 @@ def test_credential_headers(
             LOCAL.model_copy(update={"inject_stream_usage": False, "provider": "deepseek"}),
             False,
             "deepseek",
+        ),
+        # Gemini streams always carry usageMetadata; Google's price list, native or not.
+        (GEMINI, False, "google"),
+        (GEMINI_COMPAT, True, "google"),
+        (GEMINI_COMPAT.model_copy(update={"provider": "openrouter"}), True, "openrouter"),
+        (
+            UpstreamSettings(url="https://user:pw@GENERATIVELANGUAGE.googleapis.com:443/v1"),
+            True,
+            "google",
         ),
     ],
 )
@@ -238,3 +278,22 @@ def test_a_credential_in_the_route_headers_replaces_every_client_credential() ->
     route = OPENAI.model_copy(update={"headers": {"API-Key": "sk-route"}})
     sent = [("authorization", "Bearer tp-virtual"), ("x-api-key", "sk-client")]
     assert credential_headers(route, sent) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://generativelanguage.googleapis.com/v1beta",
+        "https://generativelanguage.googleapis.com/v1/",
+        "http://127.0.0.1:9000/v1alpha",
+    ],
+)
+def test_a_gemini_url_is_the_api_root(url: str) -> None:
+    with pytest.raises(ValueError, match="API root"):
+        UpstreamSettings(kind="gemini", url=url)
+
+
+def test_the_gemini_upstream_path_keeps_the_clients_encoding() -> None:
+    raw = b"/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    sent = upstream_path("models/gemini-2.5-flash:streamGenerateContent", raw, b"/v1beta/")
+    assert sent == "models/gemini-2.5-flash:streamGenerateContent"
