@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy.api.budgets import budget_json
-from proxy.api.serialize import iso_utc
+from proxy.spend.view import budget_json
 from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.budgets import BudgetStore
+from proxy.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 

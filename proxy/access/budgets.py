@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from proxy.access.outage import OutageLedger
-from proxy.access.periods import Period
-from proxy.money import format_usd
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
+from proxy.spend.budget import Budget, Hold, budget_of
 from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
@@ -35,58 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["key", "user", "session", "global"]
-SCOPES: tuple[Scope, ...] = ("key", "user", "session", "global")
 OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    id: str
-    name: str
-    scope: Scope
-    subject: str | None
-    period: Period
-    limit_usd: Decimal | None
-    limit_tokens: int | None
-    alerts: tuple[int, ...]
-
-    def applies(self, key_id: str | None, user_id: str | None, session_id: str | None) -> bool:
-        """Whether a request with these tags counts against this budget."""
-        if self.scope == "global":
-            return True
-        subject = {"key": key_id, "user": user_id, "session": session_id}[self.scope]
-        return subject is not None and subject == self.subject
-
-    def describe(self) -> str:
-        limit = f"{format_usd(self.limit_usd)} USD" if self.limit_usd is not None else ""
-        if self.limit_tokens is not None:
-            limit = (
-                f"{limit} / {self.limit_tokens} tokens" if limit else f"{self.limit_tokens} tokens"
-            )
-        whom = "everything" if self.scope == "global" else f"{self.scope} {self.subject!r}"
-        return f"budget {self.name!r} ({limit} per {self.period} for {whom})"
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What one request reserves against each budget it counts against."""
-
-    usd: Decimal
-    tokens: int
-
-
-def budget_of(row: dict[str, Any]) -> Budget:
-    return Budget(
-        id=row["id"],
-        name=row["name"],
-        scope=row["scope"],
-        subject=row["subject"],
-        period=row["period"],
-        limit_usd=row["limit_usd"],
-        limit_tokens=row["limit_tokens"],
-        alerts=tuple(row["alerts"] or ()),
-    )
 
 
 def output_limit(body: dict[str, Any] | None) -> int:

@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
-from proxy.access.periods import Period
-from proxy.api.budgets import budget_json
 from proxy.api.json_body import json_body
 from proxy.api.params import error_json
-from proxy.api.serialize import iso_utc
+from proxy.spend.periods import Period
+from proxy.spend.view import budget_json
 from proxy.store.access import KeyStore
 from proxy.store.types import MAX_BIGINT
+from proxy.timestamps import iso_utc
 
 
 class NewKeyRequest(BaseModel):

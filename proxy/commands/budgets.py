@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from proxy.access.budgets import SCOPES
-from proxy.access.periods import PERIODS
 from proxy.commands.common import database_flags, store_command
 from proxy.errors import InvalidRequest
+from proxy.spend.budget import SCOPES
+from proxy.spend.periods import PERIODS
 from proxy.store.budgets import BudgetStore
 from proxy.store.types import MAX_BIGINT
 
@@ -88,7 +88,7 @@ async def _create(store: BudgetStore, args: argparse.Namespace) -> int:
 
 
 async def _list(store: BudgetStore, args: argparse.Namespace) -> int:
-    from proxy.api.budgets import budget_json
+    from proxy.spend.view import budget_json
 
     for row in await store.status(datetime.now(UTC)):
         print(json.dumps(budget_json(row)))

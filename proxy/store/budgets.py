@@ -24,11 +24,10 @@ from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy.access.budgets import Budget, Hold, budget_of
-from proxy.access.outage import Amount, Slot
-from proxy.access.periods import Period, period_end, period_start
 from proxy.errors import BudgetExceeded, InvalidRequest
 from proxy.money import format_usd
+from proxy.spend.budget import Amount, Budget, Hold, Slot, budget_of
+from proxy.spend.periods import Period, period_end, period_start
 from proxy.store.tables import budget_alerts, budget_reservations, budget_spend, budgets
 from proxy.store.types import EXACT, MAX_BIGINT, Money, max_money
 
