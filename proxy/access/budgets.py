@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.access.outage import OutageLedger
+from proxy.errors import BudgetExceeded
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
 from proxy.spend.budget import Budget, Hold, budget_of
+from proxy.spend.limits import max_output_tokens
 from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
@@ -45,11 +49,51 @@ def output_limit(body: dict[str, Any] | None) -> int:
     return 0
 
 
-def estimate_hold(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Hold:
-    """The reservation of a request: its input counted locally, its output limit in full.
+@dataclass(frozen=True, slots=True)
+class HoldRules:
+    """``budgets:`` in the config: how holds are sized when a request leaves them open."""
+
+    default_max_output_tokens: int = 4096
+    unpriced: Literal["refuse", "allow"] = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    hold: Hold
+    priced: bool
+    """False when the model has no price: the hold carries no money."""
+
+
+def writes_output(endpoint: str) -> bool:
+    """Whether the endpoint generates tokens (embeddings and moderations write none)."""
+    return (
+        endpoint.endswith(_GENERATING)
+        or ":generateContent" in endpoint
+        or (":streamGenerateContent" in endpoint)
+    )
+
+
+_GENERATING = ("/chat/completions", "/completions", "/responses", "/messages")
+
+
+def output_reservation(exchange: Exchange, rules: HoldRules) -> int:
+    """The output a request may write: its own limit, else the model's maximum from the
+    model table, else ``default_max_output_tokens``; never less than it could write."""
+    limit = output_limit(exchange.request_body)
+    if limit or not writes_output(exchange.endpoint):
+        return limit
+    known = max_output_tokens(exchange.model) if exchange.model else None
+    return known or rules.default_max_output_tokens
+
+
+def estimate_hold(
+    exchange: Exchange, counter: TokenCounter, prices: PriceBook, rules: HoldRules
+) -> Estimate:
+    """The reservation of a request: its input counted locally, its output at the most it
+    may write (``output_reservation``).
 
     Runs in a worker thread (tokenizing is CPU work). A model without a price reserves no
-    money (its records carry no cost either), only tokens.
+    money, only tokens; ``Budgets.reserve`` decides whether that is allowed.
     """
     body = exchange.request_body
     try:
@@ -58,14 +102,28 @@ def estimate_hold(exchange: Exchange, counter: TokenCounter, prices: PriceBook) 
         # A counting bug must not refuse the request: reserve the output limit only.
         log.exception("token estimate for a budget reservation failed")
         prompt = None
-    completion = output_limit(body)
+    completion = output_reservation(exchange, rules)
     usage = Usage(
         prompt_tokens=prompt or 0,
         completion_tokens=completion,
         total_tokens=(prompt or 0) + completion,
     )
     cost = prices.cost(exchange.model, usage, provider=exchange.provider, at=exchange.created_at)
-    return Hold(Decimal(0) if cost is None else cost.usd, usage.total_tokens)
+    hold = Hold(Decimal(0) if cost is None else cost.usd, usage.total_tokens)
+    return Estimate(hold, priced=cost is not None)
+
+
+def unpriced_refusal(exchange: Exchange, budgets: Sequence[Budget]) -> str | None:
+    """Why a request for a model without a price cannot be held against these budgets, or
+    None when none of them limits money."""
+    limited = next((budget for budget in budgets if budget.limit_usd is not None), None)
+    if limited is None:
+        return None
+    return (
+        f"{limited.describe()} limits spend in USD, and model {exchange.model!r} has no price "
+        "to reserve it at; add a price for it under prices: in the config, or set "
+        "budgets.unpriced: allow to let such requests through unreserved"
+    )
 
 
 class Budgets:
@@ -81,6 +139,7 @@ class Budgets:
         alerter: Alerter | None = None,
         outage_allowance: float = 0.0,
         reserve_timeout: float = DECISION_TIMEOUT,
+        rules: HoldRules = HoldRules(),
     ) -> None:
         self.store = store
         self.counter = counter
@@ -91,6 +150,7 @@ class Budgets:
         self._task: asyncio.Task[None] | None = None
         self.ledger = OutageLedger(outage_allowance)
         self.reserve_timeout = reserve_timeout
+        self.rules = rules
 
     async def start(self) -> None:
         """Read the definitions (later, when the database is unavailable now) and keep them
@@ -134,7 +194,14 @@ class Budgets:
         budgets = self.matching(exchange)
         if not budgets:
             return
-        hold = await asyncio.to_thread(estimate_hold, exchange, self.counter, self.prices)
+        estimate = await asyncio.to_thread(
+            estimate_hold, exchange, self.counter, self.prices, self.rules
+        )
+        if not estimate.priced and self.rules.unpriced == "refuse" and _billable(exchange):
+            refusal = unpriced_refusal(exchange, budgets)
+            if refusal is not None:
+                raise BudgetExceeded(refusal)
+        hold = estimate.hold
         try:
             await asyncio.wait_for(
                 self.store.reserve(exchange.id, budgets, hold, exchange.created_at),
@@ -177,3 +244,8 @@ class Budgets:
                 if not failing:
                     log.warning("budget refresh failed: %s", exc)
                 failing = True
+
+
+def _billable(exchange: Exchange) -> bool:
+    """A request that names a model and is sent with POST: one the provider may bill."""
+    return exchange.model is not None and exchange.method.upper() == "POST"
