@@ -323,6 +323,7 @@ def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
         alerts.webhook_secret,
         max_attempts=alerts.max_attempts,
         retry_seconds=alerts.retry_seconds,
+        forecast_hours=alerts.forecast_hours,
     )
 
 

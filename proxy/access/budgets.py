@@ -26,7 +26,9 @@ from proxy.errors import BudgetExceeded
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
 from proxy.spend.budget import Budget, Hold, budget_of
+from proxy.spend.decide import KEEP, Decision, decide
 from proxy.spend.limits import max_output_tokens
+from proxy.spend.periods import period_start
 from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
@@ -185,6 +187,22 @@ class Budgets:
             for b in self._budgets
             if b.applies(exchange.key_id, exchange.user_id, exchange.session_id)
         ]
+
+    def act(self, exchange: Exchange) -> Decision:
+        """The budget action for the request (downgrade, refuse early), decided from the
+        usage this replica already knows: no database call."""
+        if not self._budgets:
+            return KEEP
+        budgets = [budget for budget in self.matching(exchange) if budget.actions]
+        if not budgets:
+            return KEEP
+        used = {
+            budget.id: self.ledger.used(
+                (budget.id, period_start(budget.period, exchange.created_at))
+            )
+            for budget in budgets
+        }
+        return decide(exchange.model, budgets, used)
 
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the request's estimate on every budget it counts against, or raise

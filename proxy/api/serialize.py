@@ -44,6 +44,7 @@ RECORD_FIELDS: Final = (
     "session_name",
     "trace_id",
     "span_id",
+    "downgraded_from",
 )
 
 SESSION_FIELDS: Final = (

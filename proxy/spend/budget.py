@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from proxy.money import EXACT, format_usd
+from proxy.spend.actions import Action, parse_actions
 from proxy.spend.periods import Period
 
 Scope = Literal["key", "user", "session", "global"]
@@ -29,6 +30,7 @@ class Budget:
     limit_usd: Decimal | None
     limit_tokens: int | None
     alerts: tuple[int, ...]
+    actions: tuple[Action, ...] = ()
 
     def applies(self, key_id: str | None, user_id: str | None, session_id: str | None) -> bool:
         """Whether a request with these tags counts against this budget."""
@@ -79,4 +81,5 @@ def budget_of(row: dict[str, Any]) -> Budget:
         limit_usd=row["limit_usd"],
         limit_tokens=row["limit_tokens"],
         alerts=tuple(row["alerts"] or ()),
+        actions=parse_actions(row.get("actions")),
     )

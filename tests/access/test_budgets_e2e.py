@@ -31,8 +31,7 @@ def priced_settings(fake_upstream: FakeUpstream, database_url: str, **extra: Any
         database_url,
         upstream__api_key=UPSTREAM_KEY,
         admin_token=ADMIN_TOKEN,
-        prices=PRICES,
-        **extra,
+        **{"prices": PRICES, **extra},
     )
 
 
