@@ -128,6 +128,8 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         session_name=exchange.session_name,
         trace_id=exchange.trace_id,
         span_id=exchange.span_id,
+        tool_calls=exchange.tool_calls,
+        tool_results=exchange.tool_results,
     )
 
 

@@ -70,6 +70,8 @@ class Exchange:
     session_name: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    tool_calls: int = 0
+    tool_results: int = 0
 
 
 @dataclass(slots=True)
@@ -108,3 +110,6 @@ class RequestRecord:
     session_name: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    # The tool calls the answer asked for, and the tool results the request sent back.
+    tool_calls: int = 0
+    tool_results: int = 0

@@ -43,6 +43,8 @@ RECORD_FIELDS: Final = (
     "session_name",
     "trace_id",
     "span_id",
+    "tool_calls",
+    "tool_results",
 )
 
 SESSION_FIELDS: Final = (
@@ -57,6 +59,7 @@ SESSION_FIELDS: Final = (
     "name",
     "errors",
     "latency_ms",
+    "tool_calls",
 )
 
 SUMMARY_FIELDS: Final = (
@@ -69,6 +72,8 @@ SUMMARY_FIELDS: Final = (
     "reasoning_tokens",
     "cost_usd",
     "unpriced_requests",
+    "tool_calls",
+    "errors",
 )
 
 
@@ -129,8 +134,11 @@ def _tree_json(node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summary_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One group of a usage summary."""
-    return {name: _plain(row.get(name)) for name in SUMMARY_FIELDS}
+    """One group of a usage summary, with the share of its requests that failed."""
+    result = {name: _plain(row.get(name)) for name in SUMMARY_FIELDS}
+    requests = result["requests"] or 0
+    result["error_rate"] = (result["errors"] or 0) / requests if requests else 0.0
+    return result
 
 
 def stats_json(stats: Mapping[str, Any]) -> dict[str, Any]:
