@@ -181,12 +181,12 @@ def test_a_call_named_again_in_later_deltas_still_counts_once() -> None:
             b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":'
             b'"{\\"name\\": 1}"}}]}}]}\n\n',
             False,
-        ),  # fmt: skip
+        ),
         (
             b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f"}}]}}]}'
             b"\n\n",
             True,
-        ),  # fmt: skip
+        ),
         (
             b'event: content_block_start\ndata: {"type":"content_block_start","index":1,'
             b'"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}\n\n',
