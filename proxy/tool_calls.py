@@ -21,13 +21,19 @@ _RESPONSES_RESULTS = frozenset({"function_call_output", "custom_tool_call_output
 
 def tool_calls_in(payload: Mapping[str, Any]) -> int:
     """The tool calls a non-streamed answer asks for, whatever the API."""
-    count = 0
-    for choice in _dicts(payload.get("choices")):
-        message = choice.get("message")
-        if isinstance(message, Mapping):
-            count += sum(1 for _ in _dicts(message.get("tool_calls")))
-            count += isinstance(message.get("function_call"), Mapping)
-    count += sum(item.get("type") in _RESPONSES_CALLS for item in _dicts(payload.get("output")))
+    # Runs on every buffered answer: plain loops over dicts, the chat shape first.
+    choices = payload.get("choices")
+    if isinstance(choices, list):
+        count = 0
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                calls = message.get("tool_calls")
+                if isinstance(calls, list):
+                    count += sum(isinstance(call, dict) for call in calls)
+                count += isinstance(message.get("function_call"), dict)
+        return count
+    count = sum(item.get("type") in _RESPONSES_CALLS for item in _dicts(payload.get("output")))
     if payload.get("type") == "message":
         count += sum(block.get("type") == "tool_use" for block in _dicts(payload.get("content")))
     for candidate in _dicts(payload.get("candidates")):
@@ -40,13 +46,23 @@ def tool_results_in(body: Mapping[str, Any] | None) -> int:
     if body is None:
         return 0
     count = 0
-    for message in _dicts(body.get("messages")):
-        if message.get("role") in ("tool", "function"):
-            count += 1
-        else:
-            blocks = _dicts(message.get("content"))
-            count += sum(block.get("type") == "tool_result" for block in blocks)
-    count += sum(item.get("type") in _RESPONSES_RESULTS for item in _dicts(body.get("input")))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        # Runs on every request: plain loops, and a content list read only when it is one.
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            if message.get("role") in ("tool", "function"):
+                count += 1
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                count += sum(
+                    isinstance(block, dict) and block.get("type") == "tool_result"
+                    for block in content
+                )
+        return count
+    count = sum(item.get("type") in _RESPONSES_RESULTS for item in _dicts(body.get("input")))
     for content in _dicts(body.get("contents")):
         count += sum("functionResponse" in part for part in _dicts(content.get("parts")))
     return count
