@@ -70,10 +70,10 @@ def test_odd_answers_count_what_they_plainly_hold(body: dict[str, Any], calls: i
 @pytest.mark.parametrize(
     ("name", "results"),
     [
-        ("openai/chat_request_tool_results.json", 2),
-        ("openai/response_request_tool_result.json", 1),
-        ("anthropic/request_tool_results.json", 2),
-        ("gemini/request_function_response.json", 1),
+        ("requests/openai_chat_tool_results.json", 2),
+        ("requests/openai_responses_tool_result.json", 1),
+        ("requests/anthropic_tool_results.json", 2),
+        ("requests/gemini_function_response.json", 1),
         ("tokens/chat_cookbook.json", 0),
     ],
 )
