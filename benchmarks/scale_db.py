@@ -154,11 +154,11 @@ def sessions_sql() -> str:
     return f"""
         INSERT INTO sessions (session_id, user_id, requests, {tokens}, cost_usd,
                               unpriced_requests, first_request_at, last_request_at,
-                              errors, latency_ms)
+                              errors, latency_ms, tool_calls)
         SELECT session_id, MAX(user_id), COUNT(*), {sums}, SUM(cost_usd),
                COUNT(*) - COUNT(cost_usd), MIN(created_at), MAX(created_at),
                SUM(CASE WHEN status_code >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END),
-               COALESCE(SUM(latency_ms), 0)
+               COALESCE(SUM(latency_ms), 0), COALESCE(SUM(tool_calls), 0)
         FROM requests WHERE session_id IS NOT NULL GROUP BY session_id"""
 
 

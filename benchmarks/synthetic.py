@@ -217,6 +217,8 @@ class Synthetic:
             "session_name": None,
             "trace_id": None,
             "span_id": None,
+            "tool_calls": 0,
+            "tool_results": 0,
         }
         if rand.random() < ERROR_SHARE:
             row["status_code"], row["error"] = rand.choice(ERRORS)

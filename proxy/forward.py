@@ -73,6 +73,7 @@ from proxy.store.writer import Recordable
 from proxy.streaming import PassthroughStream, shutdown_event, shutdown_response
 from proxy.tags import TagError, parse_tags
 from proxy.tee import ExchangeSink, Framing, StreamTee, elapsed_ms
+from proxy.tool_calls import tool_calls_in, tool_results_in
 from proxy.upstream_client import (
     PoolExhaustedError,
     Timeouts,
@@ -212,6 +213,7 @@ class Forwarder:
             session_name=tags.session_name,
             trace_id=None if tags.trace is None else tags.trace.trace_id,
             span_id=None if tags.trace is None else tags.trace.span_id,
+            tool_results=tool_results_in(plan.json),
         )
         if not plan.model_known and _model_matters(admission.key, self.budgets, exchange):
             return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header, shape)
@@ -339,6 +341,7 @@ class Forwarder:
         if payload is not None:
             exchange.response_model = response_model_of(payload)
             exchange.provider_usage = usage_from_payload(payload)
+            exchange.tool_calls = tool_calls_in(payload)
         usage = exchange.provider_usage
         if usage is not None:
             headers.append((TOTAL_TOKENS_HEADER, str(usage.total_tokens)))

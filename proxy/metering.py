@@ -129,6 +129,8 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         trace_id=exchange.trace_id,
         span_id=exchange.span_id,
         downgraded_from=exchange.downgraded_from,
+        tool_calls=exchange.tool_calls,
+        tool_results=exchange.tool_results,
     )
 
 

@@ -72,6 +72,8 @@ class Exchange:
     span_id: str | None = None
     downgraded_from: str | None = None
     """The model the client asked for, when a budget action sent ``model`` instead."""
+    tool_calls: int = 0
+    tool_results: int = 0
 
 
 @dataclass(slots=True)
@@ -112,3 +114,6 @@ class RequestRecord:
     span_id: str | None = None
     # The model the client asked for, when a budget action sent ``model`` instead.
     downgraded_from: str | None = None
+    # The tool calls the answer asked for, and the tool results the request sent back.
+    tool_calls: int = 0
+    tool_results: int = 0

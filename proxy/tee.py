@@ -16,6 +16,7 @@ from proxy.pricing import PriceBook
 from proxy.records import CLIENT_DISCONNECTED, PROXY_SHUTTING_DOWN, Exchange
 from proxy.session_costs import SessionCosts
 from proxy.sse import SSESplitter, event_json
+from proxy.tool_calls import may_start_tool_call
 from proxy.upstream_client import UpstreamHTTPError, UpstreamResponse
 from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
@@ -67,9 +68,9 @@ class StreamTee:
     sink's journal, so a process killed right after still leaves what its record needs.
 
     Parsing every event's JSON was a quarter of a stream's cost. Only events that carry usage
-    are parsed on the way; the others are kept as bytes (up to ``_LAZY_LIMIT``) and read at
-    the end only if a local estimate needs their text, else just the last few, for how the
-    stream ended.
+    or may start a tool call are parsed on the way; the others are kept as bytes (up to
+    ``_LAZY_LIMIT``) and read at the end only if a local estimate needs their text, else just
+    the last few, for how the stream ended.
 
     Without ``tally`` no comment is added: clients that read every line as data (the
     google-genai SDK) take a comment for a broken chunk. ``framing`` says how the watched
@@ -104,8 +105,8 @@ class StreamTee:
         self._parse: _Parse = event_json if framing == "sse" else element_json
         self.accumulator = StreamAccumulator()
         self.unparsed: list[bytes] | None = []
-        """Every event so far, in order, while the accumulator has seen only the usage ones;
-        None once it sees them all."""
+        """Every event so far, in order, while the accumulator has seen only those read on the
+        way; None once it sees them all."""
         self.unparsed_bytes = 0
         self.tallied = not tally
         self.ended_cleanly = False
@@ -177,7 +178,7 @@ class StreamTee:
         """``event_json(raw)`` when the accumulator must see the event now; else the event is
         kept for later and only ``[DONE]`` is told."""
         unparsed = self.unparsed
-        if unparsed is None or _carries_usage(raw):
+        if unparsed is None or _carries_usage(raw) or may_start_tool_call(raw):
             if unparsed is not None:
                 unparsed.append(raw)
             return self._parse(raw)
@@ -240,6 +241,7 @@ class StreamTee:
         exchange.completed = exchange.error is None
         exchange.response_model = self.accumulator.response_model or exchange.response_model
         exchange.provider_usage = self.accumulator.usage
+        exchange.tool_calls = self.accumulator.tool_calls
         self.sink.journal(exchange)
 
     async def finish(self, client_gone: bool, shutting_down: bool = False) -> None:
@@ -260,6 +262,7 @@ class StreamTee:
         accumulator = self.accumulator
         exchange.response_model = accumulator.response_model or exchange.response_model
         exchange.provider_usage = accumulator.usage
+        exchange.tool_calls = accumulator.tool_calls
         if self.response.is_success and wants_estimate(exchange):
             exchange.completion_text = accumulator.text
         else:

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from proxy.tool_calls import StreamToolCalls
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -76,11 +78,12 @@ class StreamAccumulator:
     Feed every event in order. Afterwards ``usage`` holds the provider's final counts (None if
     the stream carried none), ``response_model`` the model that answered, ``text`` everything
     generated so far (for a local estimate when usage is missing) and ``finished`` whether the
-    stream reached its normal end. ``feed`` is called on every chunk, so it does as little as it
-    can, and odd input is ignored rather than raised on.
+    stream reached its normal end, ``tool_calls`` the tool calls it asked for. ``feed`` is
+    called on every chunk, so it does as little as it can, and odd input is ignored rather
+    than raised on.
     """
 
-    __slots__ = ("_anthropic", "_parts", "finished", "response_model", "usage")
+    __slots__ = ("_anthropic", "_parts", "finished", "response_model", "tools", "usage")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -90,6 +93,12 @@ class StreamAccumulator:
         # Anthropic splits usage over message_start (input side) and message_delta (output,
         # cumulative); the merged raw fields are kept so each delta can be re-read whole.
         self._anthropic: dict[str, Any] = {}
+        self.tools = StreamToolCalls()
+
+    @property
+    def tool_calls(self) -> int:
+        """The tool calls the stream asked for so far."""
+        return self.tools.count
 
     @property
     def text(self) -> str:
@@ -127,6 +136,8 @@ class StreamAccumulator:
                 self._feed_anthropic_usage(event.get("usage"))
             case "message_stop":
                 self.finished = True
+            case "content_block_start":
+                self.tools.anthropic_block(event.get("content_block"))
             case _ if "candidates" in event or "usageMetadata" in event:
                 self._feed_gemini_chunk(event)
             case _:
@@ -166,7 +177,10 @@ class StreamAccumulator:
                 for call in calls:
                     if isinstance(call, Mapping):
                         self._feed_function(call.get("function"))
-            self._feed_function(delta.get("function_call"))
+                        self.tools.chat_call(choice.get("index"), call)
+            function_call = delta.get("function_call")
+            self._feed_function(function_call)
+            self.tools.chat_function_call(choice.get("index"), function_call)
         else:
             self._append(choice.get("text"))
         if choice.get("finish_reason") is not None:
@@ -183,6 +197,7 @@ class StreamAccumulator:
         model = response.get("model")
         if isinstance(model, str) and model:
             self.response_model = model
+        self.tools.responses_output(response.get("output"))
         usage = response.get("usage")
         if isinstance(usage, Mapping):
             found = _responses_usage(usage)
@@ -200,6 +215,7 @@ class StreamAccumulator:
             for candidate in candidates:
                 if isinstance(candidate, Mapping):
                     self._parts.extend(gemini_texts(candidate.get("content")))
+                    self.tools.gemini_content(candidate.get("content"))
                     if candidate.get("finishReason") is not None:
                         self.finished = True
         metadata = event.get("usageMetadata")

@@ -8,7 +8,7 @@
   sent a cheaper one (then ``model`` is the model sent).
 
 Revision ID: 0016
-Revises: 0011
+Revises: 0013
 Create Date: 2026-12-03
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | None = "0011"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -45,6 +45,8 @@ RECORD_FIELDS: Final = (
     "trace_id",
     "span_id",
     "downgraded_from",
+    "tool_calls",
+    "tool_results",
 )
 
 SESSION_FIELDS: Final = (
@@ -59,6 +61,7 @@ SESSION_FIELDS: Final = (
     "name",
     "errors",
     "latency_ms",
+    "tool_calls",
 )
 
 SUMMARY_FIELDS: Final = (
@@ -71,6 +74,8 @@ SUMMARY_FIELDS: Final = (
     "reasoning_tokens",
     "cost_usd",
     "unpriced_requests",
+    "tool_calls",
+    "errors",
 )
 
 
@@ -118,8 +123,11 @@ def _tree_json(node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summary_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One group of a usage summary."""
-    return {name: _plain(row.get(name)) for name in SUMMARY_FIELDS}
+    """One group of a usage summary, with the share of its requests that failed."""
+    result = {name: _plain(row.get(name)) for name in SUMMARY_FIELDS}
+    requests = result["requests"] or 0
+    result["error_rate"] = (result["errors"] or 0) / requests if requests else 0.0
+    return result
 
 
 def stats_json(stats: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 A *cube* is a set of dimensions (model, user, ...). Each cube is kept per UTC hour and per
 UTC day (the *grain*): one rollup row, a *cell*, per bucket and combination of the cube's
 dimension values, holding additive measures (requests, every token field, known cost,
-unpriced requests, errors, latency). Because every measure is a plain sum, a cell can grow
-by a batch of new records, shrink by a repriced record's old cost, and be recomputed from
-raw rows: the same function, ``rollup_rows``, serves the writer, ``reprice`` and a rebuild.
+unpriced requests, errors, latency, tool calls). Because every measure is a plain sum, a
+cell can grow by a batch of new records, shrink by a repriced record's old cost, and be
+recomputed from raw rows: the same function, ``rollup_rows``, serves the writer,
+``reprice`` and a rebuild.
 
 A property cube has one cell per property name and value, so a record with three
 properties counts once in each of three cells; records without a property of some name are
@@ -35,7 +36,7 @@ PLAIN_DIMENSIONS: Final = ("model", "user_id", "key_id", "endpoint", "upstream",
 PROPERTY: Final = "property"
 
 COUNTS: Final = ("requests", *TOKEN_FIELDS, "unpriced_requests", "error_requests",
-                 "latency_requests")  # fmt: skip
+                 "latency_requests", "tool_calls")  # fmt: skip
 """Integer measures of a cell."""
 
 MEASURES: Final = (*COUNTS, "cost_usd", "latency_ms_sum")
@@ -132,6 +133,7 @@ def record_measures(rows: list[Mapping[str, Any]]) -> list[Any]:
         costs.count(None),
         sum(map(is_error, rows)),
         len(latencies) - latencies.count(None),
+        sum(row["tool_calls"] or 0 for row in rows),
         sum((cost for cost in costs if cost is not None), _ZERO),
         sum((float(latency) for latency in latencies if latency is not None), 0.0),
     ]
@@ -146,6 +148,7 @@ def _row_measures(row: Mapping[str, Any]) -> list[Any]:
         1 if cost is None else 0,
         is_error(row),
         0 if latency is None else 1,
+        row["tool_calls"] or 0,
         _ZERO if cost is None else cost,
         0.0 if latency is None else float(latency),
     ]

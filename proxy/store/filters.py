@@ -87,3 +87,9 @@ def time_bucket(
     # SQLite: datetimes are stored as UTC text (see UTCDateTime).
     pattern = "%Y-%m-%d" if unit == "day" else "%Y-%m-%dT%H:00:00Z"
     return func.strftime(pattern, moment)
+
+
+def failed() -> ColumnElement[bool]:
+    """A failed request row, as ``proxy.records.is_failure`` tells it: an error status, or an
+    error noted."""
+    return (requests.c.status_code >= 400) | requests.c.error.is_not(None)

@@ -92,6 +92,8 @@ def encode_exchange(exchange: Exchange) -> bytes:
             exchange.session_name,
             exchange.trace_id,
             exchange.span_id,
+            exchange.tool_calls,
+            exchange.tool_results,
             exchange.downgraded_from,
         ],
         option=orjson.OPT_APPEND_NEWLINE,
@@ -121,7 +123,8 @@ def decode_exchange(line: bytes) -> Exchange:
         (_, id_, created, method, endpoint, upstream, provider, stream, model, session_id,
          user_id, properties, key_id, status, response_model, usage, cost, completed,
          latency_ms, ttft_ms, error, needed_estimate) = values[:_FIRST_FIELDS]  # fmt: skip
-        session_path, session_name, trace_id, span_id, downgraded_from = _later_fields(values)
+        (session_path, session_name, trace_id, span_id, tool_calls, tool_results,
+         downgraded_from) = _later_fields(values)  # fmt: skip
         exchange = Exchange(
             id=id_,
             created_at=datetime.fromisoformat(created),
@@ -147,6 +150,8 @@ def decode_exchange(line: bytes) -> Exchange:
             session_name=session_name,
             trace_id=trace_id,
             span_id=span_id,
+            tool_calls=tool_calls or 0,
+            tool_results=tool_results or 0,
             downgraded_from=downgraded_from,
         )
     except (TypeError, ArithmeticError) as exc:
@@ -159,19 +164,18 @@ def decode_exchange(line: bytes) -> Exchange:
 
 
 _FIRST_FIELDS = 22
-_LATER_FIELDS = 5
-_RELEASED = (0, 4, 5)
-"""How many later fields the lines of each release have: session paths and trace context (4),
-downgraded_from (5)."""
+_LATER_FIELDS = (0, 4, 6, 7)
+"""How many fields later releases appended: none, then session path to span id, then the
+tool call and tool result counts, then downgraded_from."""
 
 
 def _later_fields(values: list[Any]) -> list[Any]:
-    """The fields appended after the first release of the format; None on older lines."""
+    """The fields appended after the first release of the format; None where a line written
+    by an older release has none."""
     later = values[_FIRST_FIELDS:]
-    if len(later) not in _RELEASED:
+    if len(later) not in _LATER_FIELDS:
         raise ValueError(f"a journal line of {len(values)} fields")
-    # Each release appends: a line from an older one lacks the newest fields.
-    return later + [None] * (_LATER_FIELDS - len(later))
+    return later + [None] * (_LATER_FIELDS[-1] - len(later))
 
 
 class _Identified(Protocol):

@@ -11,19 +11,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.store.filters import (
     InvalidQuery,
     UsageFilters,
+    failed,
     property_condition,
     property_text,
     request_conditions,
     time_bucket,
 )
 from proxy.store.partitions import id_time_window
-from proxy.store.rollup_reads import SUMMARY_TOKENS, plan_summary, summary_query
+from proxy.store.rollup_reads import SUMMARY_STEPS, SUMMARY_TOKENS, plan_summary, summary_query
 from proxy.store.rollups import rollups_complete
 from proxy.store.session_tree import session_tree
 from proxy.store.tables import requests, session_paths, sessions
@@ -168,7 +169,8 @@ class UsageQueries:
     async def summary(
         self, group_by: str, filters: UsageFilters | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        """Requests, tokens and cost per group; time buckets in order, other groups by size.
+        """Requests, tokens, cost, tool calls and errors per group; time buckets in order,
+        other groups by size.
 
         Read from rollups whenever a cube answers the filters (``proxy.store.rollup_reads``),
         from raw rows otherwise; the answers are the same.
@@ -185,6 +187,8 @@ class UsageQueries:
                 key.label("key"),
                 *(requests.c[name] for name in SUMMARY_TOKENS),
                 requests.c.cost_usd,
+                requests.c.tool_calls,
+                case((failed(), 1), else_=0).label("errors"),
             )
             .where(*conditions)
             .subquery()
@@ -198,6 +202,7 @@ class UsageQueries:
             *(func.coalesce(func.sum(inner.c[name]), 0).label(name) for name in SUMMARY_TOKENS),
             func.sum(inner.c.cost_usd).label("cost_usd"),
             (count - func.count(inner.c.cost_usd)).label("unpriced_requests"),
+            *(func.coalesce(func.sum(inner.c[name]), 0).label(name) for name in SUMMARY_STEPS),
         ).group_by(inner.c.key)
         if group_by in ("day", "hour"):
             query = query.order_by(inner.c.key)

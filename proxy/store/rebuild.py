@@ -174,6 +174,7 @@ def _measure_columns() -> list[Any]:
             case(((c.status_code >= 400) | c.error.is_not(None), 1), else_=0)
         ),
         "latency_requests": func.count(c.latency_ms),
+        "tool_calls": func.coalesce(func.sum(c.tool_calls), 0),
         "cost_usd": func.sum(c.cost_usd),  # keeps the Money type: exact on both databases
         "latency_ms_sum": func.sum(c.latency_ms),
     }

@@ -53,6 +53,7 @@ _SUMS: Final = ", ".join(
         "sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END)",
         "sum(CASE WHEN status_code >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END)",
         "count(latency_ms)",
+        "coalesce(sum(tool_calls), 0)",
         "coalesce(sum(cost_usd), 0)",
         "coalesce(sum(latency_ms), 0)",
     ]

@@ -35,13 +35,22 @@ from sqlalchemy import (
 )
 
 from proxy.store.cubes import PROPERTY, Cube, smallest_cube
-from proxy.store.filters import UsageFilters, property_text, request_conditions, time_bucket
+from proxy.store.filters import (
+    UsageFilters,
+    failed,
+    property_text,
+    request_conditions,
+    time_bucket,
+)
 from proxy.store.tables import requests, rollups
 from proxy.store.types import Money
 
 SUMMARY_TOKENS: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
                          "reasoning_tokens")  # fmt: skip
 """The token sums a summary row reports."""
+
+SUMMARY_STEPS: Final = ("tool_calls", "errors")
+"""The agent-step sums a summary row reports beside them: tool calls asked for, failures."""
 
 _GROUP_DIMENSIONS: Final = {
     "model": "model",
@@ -180,7 +189,8 @@ def _whole_days_and_raw_edges(since: datetime | None, until: datetime | None) ->
 
 
 def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit: int) -> Any:
-    """The statement answering ``plan``: rows of key, requests, token sums, cost, unpriced."""
+    """The statement answering ``plan``: rows of key, requests, token sums, cost, unpriced,
+    tool calls and errors."""
     pieces: list[Select[Any]] = []
     for span in plan.spans:
         if span.source == "raw":
@@ -206,6 +216,7 @@ def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit:
                 "cost_usd"
             ),
             unpriced.label("unpriced_requests"),
+            *(total(name).label(name) for name in SUMMARY_STEPS),
         )
         .group_by(every.c.key)
         .having(requests_sum > 0)
@@ -237,6 +248,8 @@ def _raw_piece(
         *((-columns[name] if negate else columns[name]).label(name) for name in SUMMARY_TOKENS),
         (-columns.cost_usd if negate else columns.cost_usd).label("cost_usd"),
         case((columns.cost_usd.is_(None), one), else_=0).label("unpriced_requests"),
+        (-columns.tool_calls if negate else columns.tool_calls).label("tool_calls"),
+        case((failed(), one), else_=0).label("errors"),
     ).where(*conditions)
 
 
@@ -267,8 +280,16 @@ def _cell_piece(
     if span.end is not None:
         conditions.append(cells.bucket_start < span.end)
     conditions.extend(_cell_conditions(plan.group_by, cube, filters, dialect))
-    measures = ("requests", *SUMMARY_TOKENS, "cost_usd", "unpriced_requests")
-    values = ((-cells[name] if negate else cells[name]).label(name) for name in measures)
+    measures = {
+        **{name: name for name in ("requests", *SUMMARY_TOKENS, "cost_usd")},
+        "unpriced_requests": "unpriced_requests",
+        "tool_calls": "tool_calls",
+        "errors": "error_requests",
+    }
+    values = (
+        (-cells[column] if negate else cells[column]).label(name)
+        for name, column in measures.items()
+    )
     return select(key.label("key"), *values).where(*conditions)
 
 

@@ -124,6 +124,8 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "trace_id": record.trace_id,
         "span_id": record.span_id,
         "downgraded_from": record.downgraded_from,
+        "tool_calls": record.tool_calls,
+        "tool_results": record.tool_results,
     }
     for name in TOKEN_FIELDS:
         row[name] = None if usage is None else getattr(usage, name)
@@ -187,6 +189,7 @@ def _add_row(total: dict[str, Any], row: dict[str, Any]) -> None:
         total["cost_usd"] = cost if known is None else EXACT.add(known, cost)
     total["errors"] += is_error(row)
     total["latency_ms"] += row["latency_ms"] or 0.0
+    total["tool_calls"] += row["tool_calls"] or 0
     total["last_request_at"] = row["created_at"]
 
 

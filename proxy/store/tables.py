@@ -96,6 +96,9 @@ requests = Table(
     Column("span_id", String(16)),
     # The model the client asked for, when a budget action sent another (``model``).
     Column("downgraded_from", String(256)),
+    # The tool calls the answer asked for, and the tool results the request sent back.
+    Column("tool_calls", Integer, nullable=False, server_default=text("0")),
+    Column("tool_results", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("id", "created_at"),
     # Listings page newest first by id: with id last, one model's (user's, key's, session's)
     # newest records are the end of an index range in each day's partition.
@@ -119,15 +122,23 @@ sessions = Table(
     Column("first_request_at", UTCDateTime(), nullable=False),
     Column("last_request_at", UTCDateTime(), nullable=False),
     # The name last seen (X-Session-Name); requests that failed (non-2xx, or a stream cut
-    # short, as the rollups count errors); the sum of their latencies.
+    # short, as the rollups count errors); the sum of their latencies; the tool calls asked.
     Column("name", String(256)),
     Column("errors", BigInteger, nullable=False, server_default=text("0")),
     Column("latency_ms", Float, nullable=False, server_default=text("0")),
+    Column("tool_calls", BigInteger, nullable=False, server_default=text("0")),
     Index(None, "user_id"),
     Index(None, "last_request_at"),
 )
 
-SESSION_MEASURES = ("requests", *TOKEN_FIELDS, "unpriced_requests", "errors", "latency_ms")
+SESSION_MEASURES = (
+    "requests",
+    *TOKEN_FIELDS,
+    "unpriced_requests",
+    "errors",
+    "latency_ms",
+    "tool_calls",
+)
 """The additive totals of a session and of a path node, beside ``cost_usd``."""
 
 # The same totals per path node of a session (X-Session-Path), each node's own requests
@@ -146,6 +157,7 @@ session_paths = Table(
     Column("latency_ms", Float, nullable=False, server_default=text("0")),
     Column("first_request_at", UTCDateTime(), nullable=False),
     Column("last_request_at", UTCDateTime(), nullable=False),
+    Column("tool_calls", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("session_id", "path"),
 )
 
@@ -258,6 +270,8 @@ rollups = Table(
     # every measure is a plain sum that can grow and shrink.
     Column("cost_usd", Money(), nullable=False),
     Column("latency_ms_sum", Float, nullable=False),
+    # Cells older than migration 0013 counted no tool calls (nor did their records).
+    Column("tool_calls", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("cube", "grain", "bucket_start", "cell"),
     # Migration 0010 adds ix_rollups_property, (cube, grain, property name, value or, on
     # Postgres, the value's MD5, bucket_start): an expression on one database, so not here.

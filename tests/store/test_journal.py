@@ -70,7 +70,7 @@ def test_a_line_keeps_what_the_record_needs_and_nothing_private(tmp_path: Path) 
     journal.open()
     secret = exchange(
         "r1", request_body={"messages": [{"content": "my secret prompt"}]},
-        completion_text="the secret answer",
+        completion_text="the secret answer", tool_calls=2, tool_results=3,
     )  # fmt: skip
     journal.write(secret)
     [line] = lines_in(tmp_path)
@@ -78,8 +78,8 @@ def test_a_line_keeps_what_the_record_needs_and_nothing_private(tmp_path: Path) 
     back = decode_exchange(line + b"\n")
     for name in ("id", "created_at", "user_id", "properties", "provider_usage", "cost",
                  "completed", "latency_ms", "status_code", "key_id", "response_model",
-                 "session_path", "session_name", "trace_id", "span_id",
-                 "downgraded_from"):  # fmt: skip
+                 "session_path", "session_name", "trace_id", "span_id", "tool_calls",
+                 "tool_results", "downgraded_from"):  # fmt: skip
         assert getattr(back, name) == getattr(secret, name), name
     assert back.request_body is None and back.completion_text == "" and back.error is None
     journal.close()
@@ -94,7 +94,7 @@ def test_a_line_written_before_session_paths_is_still_read() -> None:
     )
     back = decode_exchange(line)
     assert (back.id, back.session_id, back.provider_usage) == ("r1", "s1", Usage(9, 6, 15))
-    assert (back.session_path, back.trace_id) == (None, None)
+    assert (back.session_path, back.trace_id, back.tool_calls) == (None, None, 0)
     with pytest.raises(ValueError):
         decode_exchange(line.replace(b"false]", b"false,null]"))
 

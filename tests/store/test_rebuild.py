@@ -45,6 +45,7 @@ def _varied(n: int, rng: random.Random, days: int = 4) -> list[RequestRecord]:
                 status_code=rng.choice([200, 200, 200, 429]),
                 usage=rng.choice([None, Usage(3, 4, 7), Usage(10, 0, 10, cached_tokens=5)]),
                 latency_ms=rng.choice([None, 10.25, 300.0]),
+                tool_calls=rng.choice([0, 0, 2]),
             )
         )
     return records

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 from alembic import command
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from proxy.store.engine import create_engine
 from proxy.store.migrate import alembic_config, upgrade_database
 from proxy.store.rows import write_records
 from proxy.store.tables import rollups
-from tests.store.rollup_truth import assert_rollups_match_raw_rows, computed_cells, stored_cells
+from tests.store.rollup_truth import assert_rollups_match_raw_rows, computed_cells
 from tests.store.test_rebuild import _varied
 
 
@@ -33,7 +33,11 @@ async def test_an_upgrade_sums_the_new_daily_cells_from_the_hourly_ones(database
                     rollups.c.grain == "day", rollups.c.cube.in_(["total", "property"])
                 )
             )
-        missing = computed.keys() - (await stored_cells(engine)).keys()
+        async with engine.connect() as connection:
+            # Only the key: revision 0009's cells lack the measures added since.
+            keys = rollups.c.cube, rollups.c.grain, rollups.c.bucket_start, rollups.c.cell
+            stored = {tuple(row) for row in await connection.execute(select(*keys))}
+        missing = computed.keys() - stored
         assert {key[:2] for key in missing} == {("total", "day"), ("property", "day")}
         await upgrade_database(engine)
         await assert_rollups_match_raw_rows(engine)

@@ -186,6 +186,8 @@ records_strategy = st.lists(
             ),
         ),
         status_code=st.sampled_from([200, 200, 429, 502]),
+        error=st.sampled_from([None, None, "client disconnected"]),
+        tool_calls=st.sampled_from([0, 0, 1, 3]),
     ),
     min_size=0,
     max_size=40,

@@ -25,7 +25,7 @@ def _run() -> list[RequestRecord]:
     return [
         make_record(minutes=0, session_path=None),
         make_record(minutes=1, session_path="/plan", session_name="Trip"),
-        make_record(minutes=2, session_path="/plan/search/1", latency_ms=10.0),
+        make_record(minutes=2, session_path="/plan/search/1", latency_ms=10.0, tool_calls=2),
         make_record(
             minutes=3,
             session_path="/plan/search/1",
@@ -35,7 +35,7 @@ def _run() -> list[RequestRecord]:
             cost_usd=None,
             error="upstream 502",
         ),
-        make_record(minutes=4, session_path="/", session_name="Trip v2"),
+        make_record(minutes=4, session_path="/", session_name="Trip v2", tool_calls=1),
     ]
 
 
@@ -53,15 +53,20 @@ async def test_the_writer_keeps_each_node_once_however_often_replayed(engine: As
     assert set(nodes) == {"/plan", "/plan/search/1"}  # the root "/" has no row
     search = nodes["/plan/search/1"]
     assert (search.requests, search.errors, search.unpriced_requests) == (2, 1, 1)
+    assert (search.tool_calls, nodes["/plan"].tool_calls) == (2, 0)
     assert search.cost_usd == records[2].cost_usd
     assert search.latency_ms == 10.0 + records[3].latency_ms
     session = await UsageQueries(engine).get_session("s1")
     assert session is not None
     assert (session["name"], session["errors"], session["requests"]) == ("Trip v2", 1, 5)
+    assert session["tool_calls"] == 3
     tree = session["tree"]
     assert tree["own"]["requests"] == 2  # no path, and "/"
     assert tree["total"]["requests"] == 5
     assert tree["total"]["cost_usd"] == session["cost_usd"]
+    assert (tree["own"]["tool_calls"], tree["total"]["tool_calls"]) == (1, 3)
+    (plan,) = tree["children"]
+    assert (plan["own"]["tool_calls"], plan["total"]["tool_calls"]) == (0, 2)
 
 
 async def test_reprice_moves_the_cost_of_the_node_with_the_session(engine: AsyncEngine) -> None:

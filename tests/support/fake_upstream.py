@@ -21,7 +21,9 @@ proxy forwards it unchanged) on top of :attr:`FakeUpstream.scenario`, the test's
 ``malformed``       truncated JSON body / garbage lines in the event stream
 ``gzip``            gzip the body (``Content-Encoding: gzip``), streams included
 ``chunks=N``        N content chunks in a stream (default: one per word)
-``tool-calls``      chat completions answer a call to the request's first tool
+``tool-calls``      chat completions and Anthropic messages answer a call to the request's
+                    first tool
+``parallel-tool-calls``  the same, one call to each of the request's tools
 ==================  ========================================================================
 
 An unknown scenario name is answered with a 400 naming it, so that a typo fails loudly.
@@ -181,7 +183,9 @@ class _Scenario:
         return name in self.names
 
 
-SCENARIOS = frozenset({"no-usage", "slow", "stall", "cut", "malformed", "gzip", "tool-calls"})
+SCENARIOS = frozenset(
+    {"no-usage", "slow", "stall", "cut", "malformed", "gzip", "tool-calls", "parallel-tool-calls"}
+)
 
 
 class _Cut(Exception):
@@ -611,7 +615,7 @@ class FakeUpstream:
         payload, scenario = await self._receive(request)
         if scenario.error_status:
             return self._openai_error(scenario.error_status, scenario)
-        tool = _first_tool(payload) if "tool-calls" in scenario else None
+        tools = _called_tools(payload, scenario)
         stream = bool(payload.get("stream"))
         base = {
             "id": self._id("chatcmpl-"),
@@ -625,12 +629,14 @@ class FakeUpstream:
         if n is None:
             return self._invalid_n(payload, scenario)
         if payload.get("stream"):
-            return self._stream(list(self._chat_events(payload, scenario, base, n, tool)), scenario)
-        if tool is not None:
+            return self._stream(
+                list(self._chat_events(payload, scenario, base, n, tools)), scenario
+            )
+        if tools:
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [self._tool_call(tool, index=None)],
+                "tool_calls": [self._tool_call(tool, index=None) for tool in tools],
             }
             finish = "tool_calls"
         else:
@@ -658,33 +664,35 @@ class FakeUpstream:
         return call if index is None else {"index": index, **call}
 
     def _chat_events(
-        self, payload: Any, scenario: _Scenario, base: dict[str, Any], n: int, tool: str | None
+        self, payload: Any, scenario: _Scenario, base: dict[str, Any], n: int, tools: list[str]
     ) -> Iterator[bytes]:
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         usage_field = {"usage": None} if include_usage and scenario.usage is not None else {}
-        text = self.tool_arguments if tool else self.reply
+        text = self.tool_arguments if tools else self.reply
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             body = {**base, "choices": [choice]}
             return _sse(body | usage_field)
 
-        for i in range(n):
-            if tool:
-                call = self._tool_call(tool, index=0, arguments="")
-                yield chunk(
-                    i, {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
-                )
-            else:
-                yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
-        for piece in _pieces(text, scenario.chunks):
+        # As OpenAI streams parallel calls: one after the other, each named in its first delta.
+        for at, tool in enumerate(tools or [None]):
             for i in range(n):
-                if tool:
-                    yield chunk(i, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                if tool is not None:
+                    call = self._tool_call(tool, index=at, arguments="")
+                    opening = {"role": "assistant", "content": None, "refusal": None}
+                    yield chunk(i, {**(opening if at == 0 else {}), "tool_calls": [call]})
                 else:
-                    yield chunk(i, {"content": piece})
+                    yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
+            for piece in _pieces(text, scenario.chunks):
+                for i in range(n):
+                    if tool is not None:
+                        argument = {"index": at, "function": {"arguments": piece}}
+                        yield chunk(i, {"tool_calls": [argument]})
+                    else:
+                        yield chunk(i, {"content": piece})
         for i in range(n):
-            yield chunk(i, {}, "tool_calls" if tool else "stop")
+            yield chunk(i, {}, "tool_calls" if tools else "stop")
         if include_usage and scenario.usage is not None:
             yield _sse(
                 {
@@ -870,17 +878,24 @@ class FakeUpstream:
                 "request_id": self._id("req_"),
             }
             return self._json(body, scenario, status=status)
+        tools = _called_tools(payload, scenario)
+        uses = [
+            {"type": "tool_use", "id": "toolu_01" + self._id("")[-22:], "name": tool, "input": {}}
+            for tool in tools
+        ]
         message: dict[str, Any] = {
             "id": self._id("msg_01"),
             "type": "message",
             "role": "assistant",
             "model": self._model(payload, "claude-haiku-4-5"),
             "content": [{"type": "text", "text": self.reply}],
-            "stop_reason": "end_turn",
+            "stop_reason": "tool_use" if tools else "end_turn",
             "stop_sequence": None,
         }
         usage = scenario.usage.anthropic() if scenario.usage is not None else None
         if not payload.get("stream"):
+            arguments = json.loads(self.tool_arguments)
+            message["content"] += [use | {"input": arguments} for use in uses]
             return self._json(message | ({"usage": usage} if usage else {}), scenario)
         start = message | {"content": [], "stop_reason": None}
         if usage:
@@ -908,18 +923,37 @@ class FakeUpstream:
             )
             for p in _pieces(self.reply, scenario.chunks)
         ]
+        events.append(_sse({"type": "content_block_stop", "index": 0}, event="content_block_stop"))
+        for index, use in enumerate(uses, start=1):
+            events += self._anthropic_tool_use(index, use, scenario)
         delta = {
             "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
         }
         if usage:
             delta["usage"] = {"output_tokens": usage["output_tokens"]}
         events += [
-            _sse({"type": "content_block_stop", "index": 0}, event="content_block_stop"),
             _sse(delta, event="message_delta"),
             _sse({"type": "message_stop"}, event="message_stop"),
         ]
         return self._stream(events, scenario)
+
+    def _anthropic_tool_use(
+        self, index: int, use: dict[str, Any], scenario: _Scenario
+    ) -> list[bytes]:
+        """One streamed ``tool_use`` block: its start, its input as JSON pieces, its stop."""
+        start = {"type": "content_block_start", "index": index, "content_block": use}
+        events = [_sse(start, event="content_block_start")]
+        for piece in _pieces(self.tool_arguments, scenario.chunks):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            events.append(
+                _sse(
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                    event="content_block_delta",
+                )
+            )
+        stop = {"type": "content_block_stop", "index": index}
+        return [*events, _sse(stop, event="content_block_stop")]
 
     # -- Gemini's native API -------------------------------------------------------------
 
@@ -988,10 +1022,12 @@ def _choice_count(payload: dict[str, Any]) -> int | None:
     return None
 
 
-def _first_tool(payload: Any) -> str | None:
+def _called_tools(payload: Any, scenario: _Scenario) -> list[str]:
+    """The tools the answer calls: the first one (``tool-calls``), every one
+    (``parallel-tool-calls``), or none."""
     tools = payload.get("tools") if isinstance(payload, dict) else None
-    if not tools:
-        return None
-    tool = tools[0]
-    name = (tool.get("function") or {}).get("name") or tool.get("name")
-    return name if isinstance(name, str) else None
+    if not tools or not {"tool-calls", "parallel-tool-calls"} & scenario.names:
+        return []
+    names = [(tool.get("function") or {}).get("name") or tool.get("name") for tool in tools]
+    names = [name for name in names if isinstance(name, str)]
+    return names if "parallel-tool-calls" in scenario else names[:1]

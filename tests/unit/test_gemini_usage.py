@@ -35,6 +35,7 @@ BODIES: dict[str, Usage | None] = {
     "generate_content_audio_cached.json": Usage(
         1612, 10, 1622, cached_tokens=1200, prompt_audio_tokens=400
     ),
+    "generate_content_function_call.json": Usage(86, 24, 110),
     "count_tokens.json": None,
     "error_429.json": None,
     "error_api_key_invalid.json": None,
@@ -44,6 +45,7 @@ MODELS = {
     "generate_content_complete_usage.json": "gemini-2.5-flash",
     "generate_content_tool_use.json": "gemini-3.6-flash",
     "generate_content_audio_cached.json": "gemini-2.5-flash",
+    "generate_content_function_call.json": "gemini-2.5-flash",
 }
 
 

@@ -46,6 +46,9 @@ BODIES: dict[str, Usage] = {
         30721, 67, 30788, cached_tokens=30433, cache_creation_tokens=287
     ),
     "anthropic/message_tool_use.json": Usage(472, 91, 563),
+    "anthropic/message_tool_use_and_web_search.json": Usage(80, 60, 140),
+    "openai/chat_completion_tool_calls.json": Usage(80, 46, 126),
+    "openai/response_custom_tool_call.json": Usage(50, 20, 70),
     "compat/deepseek_reasoner.json": Usage(6, 92, 98, reasoning_tokens=81),
     "compat/deepseek_chat_cache_hit.json": Usage(1530, 203, 1733, cached_tokens=1408),
     "compat/vllm_chat_completion.json": Usage(42, 8, 50),
@@ -70,6 +73,12 @@ STREAMS: dict[str, StreamExpectation] = {
         Usage(63, 16, 79),
         "gpt-4o-2024-08-06",
         'get_weather{"location":"Paris, France"}',
+        usage_only_chunks=1,
+    ),
+    "openai/chat_stream_parallel_tool_calls.sse": StreamExpectation(
+        Usage(80, 46, 126),
+        "gpt-4o-2024-08-06",
+        'get_weather{"location": "Paris, France"}get_weather{"location": "Tokyo, Japan"}',
         usage_only_chunks=1,
     ),
     "openai/completion_legacy_stream.sse": StreamExpectation(
