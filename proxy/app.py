@@ -55,7 +55,7 @@ from proxy.tokens import TokenCounter
 from proxy.upstream_client import UpstreamClient
 
 if TYPE_CHECKING:
-    from proxy.otlp_export import OtlpExport
+    from proxy.otlp_process import OtlpProcess
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +201,14 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _otlp_export(settings: Settings) -> OtlpExport | None:
-    """The OpenTelemetry export, started, when an endpoint is configured; its SDK is
-    imported only then."""
+def _otlp_export(settings: Settings) -> OtlpProcess | None:
+    """The OpenTelemetry export, started in its own process, when an endpoint is
+    configured; the SDK is imported there only."""
     if settings.telemetry.otlp_endpoint is None:
         return None
-    from proxy.otlp_export import OtlpExport
+    from proxy.otlp_process import OtlpProcess
 
-    export = OtlpExport(settings)
+    export = OtlpProcess(settings)
     export.start()
     log.info(
         "exporting GenAI spans and metrics over OTLP/HTTP to %s",
@@ -226,7 +226,7 @@ def _without_secrets(url: str) -> str:
 
 
 def _stored_hooks(
-    session_costs: SessionCosts, export: OtlpExport | None
+    session_costs: SessionCosts, export: OtlpProcess | None
 ) -> Callable[[list[RequestRecord]], None]:
     """What the writer calls after each commit: session costs, then the export's queue."""
     if export is None:

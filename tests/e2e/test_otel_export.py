@@ -8,6 +8,7 @@ messages calls, and every span's attributes must equal the stored record's field
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -158,7 +159,13 @@ async def test_every_record_becomes_a_span_with_its_own_numbers(
     (streamed,) = [r for r in records if r["stream"]]
     assert first_chunk[0]["sum"] == pytest.approx(streamed["ttft_ms"] / 1000, rel=1e-6)
 
-    scraped = (await exporting_proxy.api.get("/metrics")).text
+    # The export process publishes its counts a moment after the collector took the spans.
+    deadline = time.monotonic() + 5
+    while True:
+        scraped = (await exporting_proxy.api.get("/metrics")).text
+        if "tallyproxy_otlp_exported_spans_total 5.0" in scraped or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert "tallyproxy_otlp_exported_spans_total 5.0" in scraped
     assert "tallyproxy_otlp_dropped_spans_total 0.0" in scraped
     assert "collector-secret" not in scraped
