@@ -3,14 +3,13 @@
 Each replica checks the budgets it caches in the background; whichever inserts the
 ``budget_alerts`` row for (budget, period, threshold) first sends it, so replicas never send
 one alert twice. The body is signed with HMAC-SHA256 and the shared secret
-(``X-Tally-Signature: sha256=<hex>``); failed deliveries are retried with doubling waits.
+(``X-Tally-Signature: sha256=<hex>``, ``proxy.signing``); failed deliveries are retried
+with doubling waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,12 +21,14 @@ import orjson
 
 from proxy.api.budgets import budget_json
 from proxy.api.serialize import iso_utc
+from proxy.signing import SIGNATURE_HEADER, sign
 from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.budgets import BudgetStore
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "x-tally-signature"
+__all__ = ["SIGNATURE_HEADER", "Alerter", "alert_body", "crossed", "sign"]
+
 DELIVERY_TIMEOUT = 10.0
 
 
@@ -36,11 +37,6 @@ def crossed(thresholds: Sequence[int], spent: Decimal, limit: Decimal) -> list[i
     if limit <= 0:
         return list(thresholds)
     return [t for t in thresholds if spent * 100 >= limit * t]
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The signature header's value: ``sha256=`` and the HMAC-SHA256 of the body, hex."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def alert_body(status: dict[str, Any], threshold: int, fired_at: datetime) -> bytes:
