@@ -269,7 +269,7 @@ class SmtpSettings(_Section):
     """Where the daily digest is mailed: an SMTP server, STARTTLS by default.
 
     The password comes from the environment variable ``password_env`` names, never the file.
-    ``ca_file`` trusts a private CA (PEM) for STARTTLS, beside the system's.
+    ``ca_file`` trusts a private CA (PEM) for STARTTLS, instead of the system's.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
