@@ -21,10 +21,12 @@ _BAR_PIXELS = 240
 
 
 def subject(digest: Digest) -> str:
+    """Short enough for one header line: a folded subject keeps a leading space."""
     totals = digest.totals
+    change = digest.day_change["tokens"]
     return (
-        f"tallyproxy digest {digest.day.isoformat()}: {totals.tokens:,} tokens, "
-        f"{usd(totals.cost_usd)}{_percent_suffix(digest.day_change['tokens'])}"
+        f"tallyproxy {digest.day.isoformat()}: {totals.tokens:,} tokens, "
+        f"{usd(totals.cost_usd)}" + ("" if change is None else f", {change:+}% on the day")
     )
 
 
@@ -37,10 +39,6 @@ def usd(amount: Decimal) -> str:
 
 def percent(value: Decimal | None) -> str:
     return "new" if value is None else f"{value:+}%"
-
-
-def _percent_suffix(value: Decimal | None) -> str:
-    return "" if value is None else f" ({value:+}% on the day before)"
 
 
 def _signed_usd(amount: Decimal) -> str:

@@ -126,4 +126,7 @@ def test_renderings_carry_the_same_numbers() -> None:
                               "unpriced_requests": 3}  # fmt: skip
     assert body["change_percent"]["day"]["tokens"] == "12"
     assert body["drivers"]["property"][0]["tokens_delta"] == 200000
-    assert render.subject(digest).startswith("tallyproxy digest 2026-12-02: 1,248,900 tokens")
+    assert (
+        render.subject(digest)
+        == "tallyproxy 2026-12-02: 1,248,900 tokens, $12.50, +12.0% on the day"
+    )
