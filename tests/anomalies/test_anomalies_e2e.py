@@ -15,8 +15,9 @@ from proxy.store.engine import create_engine
 from proxy.store.migrate import upgrade_database
 from proxy.store.rows import write_records
 from proxy.usage import Usage
-from tests.access.conftest import ADMIN, ADMIN_TOKEN, UPSTREAM_KEY
+from tests.access.conftest import ADMIN, ADMIN_TOKEN, UPSTREAM_KEY, issue_key
 from tests.digest.receiver import Receiver
+from tests.digest.test_digest_cli import flag
 from tests.digest.test_digest_e2e import COST, MESSAGES, MODEL, PRICES
 from tests.e2e.conftest import proxy_settings, start_proxy
 from tests.store.factory import make_record
@@ -98,3 +99,28 @@ async def test_a_runaway_session_is_reported_once(
     assert [a["id"] for a in listed] == [anomaly["id"]]
     assert listed[0]["delivered_at"] is not None
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "kind"
+
+
+async def test_a_virtual_key_reads_its_own_anomalies_only(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/t.db"
+    settings = proxy_settings(
+        fake_upstream.base_url, database_url, upstream__api_key=UPSTREAM_KEY,
+        admin_token=ADMIN_TOKEN,
+    )  # fmt: skip
+    async with start_proxy(settings) as proxy:
+        mine, other = await issue_key(proxy.api), await issue_key(proxy.api)
+        engine = create_engine(database_url)
+        try:
+            for kind, subject in (("key", mine["id"]), ("key", other["id"]), ("user", "ann")):
+                await flag(engine, kind, subject)
+        finally:
+            await engine.dispose()
+        as_key = {"Authorization": f"Bearer {mine['key']}"}
+        seen = (await proxy.api.get("/usage/anomalies", headers=as_key)).json()["data"]
+        users = await proxy.api.get("/usage/anomalies", params={"kind": "user"}, headers=as_key)
+        everything = (await proxy.api.get("/usage/anomalies", headers=ADMIN)).json()["data"]
+    assert [(a["kind"], a["subject"]) for a in seen] == [("key", mine["id"])]
+    assert users.status_code == 200 and users.json()["data"] == []
+    assert len(everything) == 3

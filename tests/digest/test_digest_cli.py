@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.anomalies.detect import Anomaly, Baseline, Exceeded, Observation
 from proxy.cli import main
@@ -20,6 +21,21 @@ from proxy.usage import Usage
 from tests.store.factory import make_record
 
 DAY = datetime(2026, 11, 30, 9, tzinfo=UTC)
+
+
+async def flag(
+    engine: AsyncEngine,
+    kind: str,
+    subject: str,
+    at: datetime = DAY,
+    cost: Decimal = Decimal("0.5"),
+    tokens: int = 5000,
+) -> None:
+    """Store an anomaly of ``subject`` in the hour of ``at``."""
+    seen = Observation(kind, subject, None, at.replace(minute=0, second=0), cost, tokens)
+    base = Baseline(Decimal(10), Decimal(1), 5, 9)
+    exceeded = Exceeded("total_tokens", Decimal(tokens), base, Decimal(100))
+    await AnomalyStore(engine).claim(Anomaly(seen, (exceeded,)), 1, [], at)
 
 
 def _database(tmp_path: Path) -> str:
@@ -37,10 +53,7 @@ async def _prepare(url: str) -> None:
             make_record(created_at=DAY, usage=usage, cost_usd=Decimal("1.25"), user_id="ann"),
             make_record(created_at=DAY, usage=usage, cost_usd=None, model="local", user_id="ann"),
         ])  # fmt: skip
-        seen = Observation("user", "ann", None, DAY, Decimal("1.25"), 2468)
-        base = Baseline(Decimal(10), Decimal(1), 5, 9)
-        exceeded = Exceeded("total_tokens", Decimal(2468), base, Decimal(100))
-        await AnomalyStore(engine).claim(Anomaly(seen, (exceeded,)), 1, [], DAY)
+        await flag(engine, "user", "ann", DAY, Decimal("1.25"), 2468)
     finally:
         await engine.dispose()
 
