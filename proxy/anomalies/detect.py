@@ -84,6 +84,35 @@ def baseline(values: Sequence[Decimal], peers: int) -> Baseline:
     return Baseline(center, median([abs(v - center) for v in values]), peers, len(values))
 
 
+class _Group:
+    """The history of one peer group, sorted once per measure, to rule out at a glance the
+    observations that cannot exceed their baseline: excluding ``m`` own windows from ``n``
+    leaves a median between the sorted values at ``(n-m-1)//2`` and ``(n-m)//2 + m``."""
+
+    def __init__(self, history: list[Observation]) -> None:
+        self.history = history
+        self.sorted = {m: sorted(o.value(m) for o in history) for m in MEASURES}
+        self.windows: dict[str, int] = defaultdict(int)
+        for o in history:
+            self.windows[o.subject] += 1
+
+    def may_exceed(self, observation: Observation, k: Decimal) -> bool:
+        own = self.windows.get(observation.subject, 0)
+        left = len(self.history) - own
+        if left <= 0:
+            return False
+        for measure in MEASURES:
+            values = self.sorted[measure]
+            lowest = values[(left - 1) // 2]
+            highest = values[min(left // 2 + own, len(values) - 1)]
+            if highest > 0 and observation.value(measure) > k * lowest:
+                return True
+        return False
+
+    def peers(self, observation: Observation) -> list[Observation]:
+        return [o for o in self.history if o.subject != observation.subject]
+
+
 def detect(
     current: Iterable[Observation],
     history: Iterable[Observation],
@@ -92,18 +121,19 @@ def detect(
     min_peers: int,
 ) -> list[Anomaly]:
     """The observations of ``current`` that exceed their peers' baseline in ``history``."""
-    groups: dict[tuple[str, str | None], list[Observation]] = defaultdict(list)
+    by_group: dict[tuple[str, str | None], list[Observation]] = defaultdict(list)
     for past in history:
-        groups[past.kind, past.peer_group].append(past)
+        by_group[past.kind, past.peer_group].append(past)
+    groups = {key: _Group(observations) for key, observations in by_group.items()}
     found = []
     for observation in current:
-        peers = [
-            o for o in groups[observation.kind, observation.peer_group]
-            if o.subject != observation.subject
-        ]  # fmt: skip
-        subjects = len({o.subject for o in peers})
-        if subjects < min_peers:
+        group = groups.get((observation.kind, observation.peer_group))
+        if group is None:
             continue
+        subjects = len(group.windows) - (observation.subject in group.windows)
+        if subjects < min_peers or not group.may_exceed(observation, k):
+            continue
+        peers = group.peers(observation)
         exceeded = []
         for measure in MEASURES:
             base = baseline([o.value(measure) for o in peers], subjects)

@@ -126,3 +126,45 @@ def test_the_finding_carries_its_baseline() -> None:
 def test_kinds_do_not_mix() -> None:
     users = [seen(f"u{i}", 1, kind="user", group=None, hours_ago=i + 1) for i in range(5)]
     assert detect([seen("s", 10**6, group=None)], users, k=K, min_peers=1) == []
+
+
+def _naive(current: Observation, history: list[Observation], min_peers: int) -> list[str]:
+    """The rule as written, with no shortcut: every peer window, every time."""
+    peers = [
+        o for o in history
+        if (o.kind, o.peer_group) == (current.kind, current.peer_group)
+        and o.subject != current.subject
+    ]  # fmt: skip
+    if len({o.subject for o in peers}) < min_peers:
+        return []
+    flagged = []
+    for measure in ("cost_usd", "total_tokens"):
+        threshold = baseline([o.value(measure) for o in peers], 0).threshold(K)  # type: ignore[arg-type]
+        if threshold is not None and current.value(measure) > threshold:  # type: ignore[arg-type]
+            flagged.append(measure)
+    return flagged
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_shortcut_never_changes_a_verdict(seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    subjects = [f"s{i}" for i in range(rnd.randint(2, 12))]
+    history = [
+        seen(rnd.choice(subjects), rnd.choice([0, 0, 5, 50, 100, 120, 4000]),
+             rnd.choice(["0", "0.01", "0.02", "3"]), hours_ago=rnd.randint(1, 50),
+             group=rnd.choice(["alice", "bob"]))
+        for _ in range(rnd.randint(1, 60))
+    ]  # fmt: skip
+    current = [
+        seen(rnd.choice([*subjects, "new"]), rnd.choice([0, 60, 900, 1200, 50000]),
+             rnd.choice(["0", "0.1", "0.5", "40"]), group=rnd.choice(["alice", "bob"]))
+        for _ in range(8)
+    ]  # fmt: skip
+    min_peers = rnd.randint(1, 4)
+    for observation in current:
+        found = detect([observation], history, k=K, min_peers=min_peers)
+        assert sorted(e.measure for a in found for e in a.exceeded) == _naive(
+            observation, history, min_peers
+        )
