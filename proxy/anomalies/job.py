@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.anomalies.detect import detect
+from proxy.anomalies.detect import Observation, detect
 from proxy.config import AnomalySettings
 from proxy.store.anomalies import AnomalyStore, anomaly_json, window_start
 from proxy.webhooks import Webhook
@@ -34,6 +34,9 @@ class AnomalyJob:
         self.store = store
         self.webhook = webhook
         self._deliveries: set[asyncio.Task[None]] = set()
+        # The baseline windows end where the current one starts, so they are read once per
+        # window, not once per check (7 days of a thousand users are ~70,000 user-hours).
+        self._history: dict[str, tuple[datetime, list[Observation]]] = {}
 
     async def check(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Detect and store the anomalies of the current window; the rows this replica stored."""
@@ -44,10 +47,13 @@ class AnomalyJob:
         end = start + timedelta(hours=hours)
         stored = []
         for kind in self.settings.subjects:
-            seen = await self.store.observations(kind, since, end, hours)
+            history = await self._baseline(kind, since, start, hours)
             known = await self.store.known(kind, start)
-            current = [o for o in seen if o.window_start == start and o.subject not in known]
-            history = [o for o in seen if o.window_start < start]
+            current = [
+                o
+                for o in await self.store.observations(kind, start, end, hours)
+                if o.subject not in known
+            ]
             found = detect(
                 current, history, k=Decimal(str(self.settings.k)), min_peers=self.settings.min_peers
             )
@@ -66,6 +72,15 @@ class AnomalyJob:
                     stored.append(row)
                     self._send(row)
         return stored
+
+    async def _baseline(
+        self, kind: str, since: datetime, start: datetime, hours: int
+    ) -> list[Observation]:
+        cached = self._history.get(kind)
+        if cached is None or cached[0] != start:
+            cached = (start, await self.store.observations(kind, since, start, hours))
+            self._history[kind] = cached
+        return cached[1]
 
     def _send(self, row: dict[str, Any]) -> None:
         if self.webhook is None:
