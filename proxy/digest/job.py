@@ -81,11 +81,16 @@ class DigestJob:
         day = due_day(now, self.settings.send_time)
         if day is None or day == self._done:
             return None
+        if await self.store.claimed(day):
+            self._done = day
+            return None
+        # Built before the claim: a database error here leaves the day to the next round
+        # (or another replica) rather than claimed and never sent.
+        digest = await self.build(day, now)
         claimed = await self.store.claim(day, now)
         self._done = day
         if not claimed:
-            return None  # another replica (or an earlier run of this one) has it
-        digest = await self.build(day, now)
+            return None  # another replica claimed it meanwhile
         if await self.send(digest):
             await self.store.mark_delivered(day, datetime.now(UTC))
         return day

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.digest.content import Totals
+from proxy.money import format_usd
 from proxy.store.rollups import rollups_complete
 from proxy.store.tables import anomalies, digest_runs, rollups
 
@@ -96,7 +97,7 @@ class DigestStore:
                 "kind": row["kind"],
                 "subject": row["subject"],
                 "window_start": row["window_start"].astimezone(UTC).isoformat(),
-                "cost_usd": str(row["cost_usd"]),
+                "cost_usd": format_usd(row["cost_usd"]),
                 "total_tokens": row["total_tokens"],
             }
             for row in rows

@@ -68,7 +68,16 @@ def test_a_dry_run_prints_the_day(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "user ann: 2,468 tokens, $1.25 from 2026-11-30T09:00:00+00:00" in text
     assert main([*argv, "--format", "json"]) == 0
     body = json.loads(capsys.readouterr().out)
-    assert body["totals"]["total_tokens"] == 2468 and body["anomalies"][0]["subject"] == "ann"
+    assert body["totals"]["total_tokens"] == 2468
+    assert body["anomalies"] == [
+        {
+            "kind": "user",
+            "subject": "ann",
+            "cost_usd": "1.25",
+            "window_start": "2026-11-30T09:00:00+00:00",
+            "total_tokens": 2468,
+        }
+    ]
     assert main([*argv, "--format", "html"]) == 0
     assert capsys.readouterr().out.startswith("<html>")
 
