@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -279,11 +280,22 @@ class SmtpSettings(_Section):
     starttls: bool = True
     user: str | None = None
     password_env: str | None = None
-    password: str | None = Field(default=None, exclude=True, repr=False)
     sender: str = Field(alias="from", min_length=3)
     to: tuple[str, ...] = Field(min_length=1)
     ca_file: str | None = None
     timeout: float = Field(default=30.0, gt=0, le=600)
+
+    # Read from ``password_env`` by ``load_settings``; never a key of the file.
+    _password: str | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    def with_password(self, password: str) -> SmtpSettings:
+        copy = self.model_copy()
+        copy._password = password
+        return copy
 
     @field_validator("to", mode="before")
     @classmethod
@@ -535,7 +547,7 @@ def _with_smtp_password(digest: DigestSettings, env: Mapping[str, str]) -> Diges
             f"config key 'digest.smtp.password_env': environment variable "
             f"{smtp.password_env} is not set"
         )
-    return digest.model_copy(update={"smtp": smtp.model_copy(update={"password": value})})
+    return digest.model_copy(update={"smtp": smtp.with_password(value)})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
