@@ -54,8 +54,9 @@ class AnomalyJob:
                 for o in await self.store.observations(kind, start, end, hours)
                 if o.subject not in known
             ]
-            found = detect(
-                current, history, k=Decimal(str(self.settings.k)), min_peers=self.settings.min_peers
+            k = Decimal(str(self.settings.k))
+            found = await asyncio.to_thread(
+                detect, current, history, k=k, min_peers=self.settings.min_peers
             )
             for anomaly in found:
                 o = anomaly.observation

@@ -8,8 +8,10 @@ peer group is its user, from ``sessions`` (the user last seen).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -30,6 +32,23 @@ def window_start(moment: datetime, hours: int) -> datetime:
     """The start of the ``hours``-long window holding ``moment`` (windows from 1970, UTC)."""
     size = timedelta(hours=hours)
     return _EPOCH + size * ((moment.astimezone(UTC) - _EPOCH) // size)
+
+
+def windows_of(kind: str, rows: Sequence[Any], hours: int, grouped: bool) -> list[Observation]:
+    """Hourly sums (subject, [peer group,] hour, cost, tokens) summed into windows."""
+    windows: dict[tuple[str, str | None, datetime], list[Any]] = defaultdict(
+        lambda: [Decimal(0), 0]
+    )
+    for row in rows:
+        subject, peer = row[0], row[1] if grouped else None
+        bucket, cost, tokens = row[-3:]
+        sums = windows[subject, peer, window_start(bucket, hours)]
+        sums[0] += cost or 0
+        sums[1] += int(tokens or 0)
+    return [
+        Observation(kind, subject, peer, start, cost, tokens)
+        for (subject, peer, start), (cost, tokens) in windows.items()
+    ]
 
 
 class AnomalyStore:
@@ -65,20 +84,14 @@ class AnomalyStore:
             query = query.select_from(
                 rollups.outerjoin(sessions, sessions.c.session_id == cells.session_id)
             )
+        rows: list[Any] = []
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(query)).mappings().all()
-        windows: dict[tuple[str, str | None, datetime], list[Any]] = defaultdict(
-            lambda: [Decimal(0), 0]
-        )
-        for row in rows:
-            start = window_start(row["bucket_start"], hours)
-            sums = windows[row["subject"], row.get("peer_group"), start]
-            sums[0] += Decimal(row["cost_usd"] or 0)
-            sums[1] += int(row["total_tokens"] or 0)
-        return [
-            Observation(kind, subject, peer, start, cost, tokens)
-            for (subject, peer, start), (cost, tokens) in sorted(windows.items(), key=str)
-        ]
+            # In slices, and summed in a thread: 70,000 cells (a thousand users over 7 days)
+            # read at once would hold the event loop, and the requests it serves, for ~1 s.
+            result = await connection.stream(query)
+            async for part in result.partitions(2000):
+                rows.extend(part)
+        return await asyncio.to_thread(windows_of, kind, rows, hours, group is not None)
 
     async def top_requests(
         self, kind: str, subject: str, start: datetime, end: datetime, limit: int
