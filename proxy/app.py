@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from proxy.access.alerts import Alerter
-from proxy.access.budgets import Budgets
+from proxy.access.budgets import Budgets, HoldRules
 from proxy.access.gate import Gate
 from proxy.access.guard import admin_guard, usage_guard
 from proxy.access.mode import access_mode
@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
             refresh_seconds=settings.access.key_cache_seconds or 1.0,
             alerter=_alerter(settings, budget_store),
             outage_allowance=settings.access.budget_outage_allowance,
+            rules=HoldRules(settings.budgets.default_max_output_tokens, settings.budgets.unpriced),
         )
         await app.state.budgets.start()
         app.state.forwarder = Forwarder(
@@ -329,6 +330,7 @@ def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
         alerts.webhook_secret,
         max_attempts=alerts.max_attempts,
         retry_seconds=alerts.retry_seconds,
+        forecast_hours=alerts.forecast_hours,
     )
 
 

@@ -244,11 +244,26 @@ class AccessSettings(_Section):
     budget_outage_allowance: float = Field(default=0.1, ge=0, le=1)
 
 
+class BudgetSettings(_Section):
+    """How a request's reservation is sized when the request does not bound it.
+
+    Without ``max_tokens`` a request reserves the model's maximum output from the vendored
+    model table (``proxy.spend.limits``), else ``default_max_output_tokens``. A model without
+    a price cannot be held against a USD budget: ``unpriced: refuse`` (the default) refuses
+    it once a USD budget applies, ``allow`` reserves no money for it (tokens still count).
+    """
+
+    default_max_output_tokens: int = Field(default=4096, ge=1, le=10_000_000)
+    unpriced: Literal["refuse", "allow"] = "refuse"
+
+
 class AlertSettings(_Section):
-    """Budget alerts: a signed JSON POST to ``webhook_url`` as a threshold is crossed."""
+    """Budget alerts: a signed JSON POST to ``webhook_url`` as a threshold is crossed, and
+    when a budget's forecast runs out within ``forecast_hours``."""
 
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    forecast_hours: float | None = Field(default=None, gt=0, le=24 * 366)
     max_attempts: int = Field(default=6, ge=1, le=20)
     retry_seconds: float = Field(default=2.0, gt=0, le=600)
 
@@ -435,6 +450,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     metering: MeteringSettings = MeteringSettings()
     access: AccessSettings = AccessSettings()
+    budgets: BudgetSettings = BudgetSettings()
     alerts: AlertSettings = AlertSettings()
     digest: DigestSettings = DigestSettings()
     anomalies: AnomalySettings = AnomalySettings()

@@ -26,7 +26,9 @@ Requests to Gemini's native API get them in Google's shape, so its SDKs raise as
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +42,8 @@ class TallyError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """Sent with the error answer, whoever raises it."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -94,6 +98,9 @@ class BudgetExceeded(ClientError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "budget_exceeded"
+    # The OpenAI and Anthropic SDKs retry 429s unless told not to: the budget will not have
+    # room a second later.
+    headers = MappingProxyType({"x-should-retry": "false"})
 
 
 class MissingUpstreamKey(TallyError):
@@ -185,6 +192,8 @@ def error_response(
         body: dict[str, Any] = gemini_error_body(exc.status_code, exc.message, exc.code)
     else:
         body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+    if exc.headers:
+        headers = {**exc.headers, **(headers or {})}
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 

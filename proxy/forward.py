@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -51,12 +51,14 @@ from proxy.plan import (
     for_gemini,
     plan_request,
     upstream_headers,
+    with_model,
     with_stream_usage,
 )
 from proxy.pricing import NOTHING_CHARGED, PriceBook
 from proxy.records import PROXY_SHUTTING_DOWN, Exchange, new_record_id
 from proxy.routing import (
     NoRoute,
+    Target,
     UnsafePath,
     check_path,
     choose_upstream,
@@ -65,6 +67,7 @@ from proxy.routing import (
     upstream_path,
 )
 from proxy.session_costs import SessionCosts
+from proxy.spend.budget import Budget
 from proxy.sse import json_object
 from proxy.store.writer import Recordable
 from proxy.streaming import PassthroughStream, shutdown_event, shutdown_response
@@ -85,6 +88,7 @@ from proxy.usage import response_model_of, usage_from_payload
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-tally-request-id"
+DOWNGRADED_HEADER = "x-tally-downgraded-from"
 TOTAL_TOKENS_HEADER = "x-tally-total-tokens"
 COST_HEADER = "x-tally-cost-usd"
 SESSION_COST_HEADER = "x-tally-session-cost-usd"
@@ -212,6 +216,17 @@ class Forwarder:
         if not plan.model_known and _model_matters(admission.key, self.budgets, exchange):
             return error_response(InvalidRequest(UNKNOWN_MODEL, param="model"), id_header, shape)
         if self.budgets is not None:
+            decision = self.budgets.act(exchange)
+            if decision.refused_by is not None:
+                refusal = BudgetExceeded(refused_by_action(decision.refused_by))
+                return self._refused(exchange, started, refusal)
+            if decision.model is not None and not native:
+                downgraded = self._downgraded(plan, decision.model, path, request, endpoint)
+                if downgraded is not None:
+                    plan, upstream, where = downgraded
+                    exchange.downgraded_from, exchange.model = exchange.model, plan.model
+                    exchange.upstream, exchange.provider = upstream.url, upstream.pricing_provider
+                    exchange.request_body = plan.json
             try:
                 await self.budgets.reserve(exchange)
             except (BudgetExceeded, DatabaseUnavailable) as exc:
@@ -241,6 +256,28 @@ class Forwarder:
                 return self._stream(response, exchange, plan, started, native, "json-array")
             return await self._buffered(response, exchange, started)
         return self._stream(response, exchange, None, started)
+
+    def _downgraded(
+        self, plan: RequestPlan, model: str, path: str, request: Request, endpoint: str
+    ) -> tuple[RequestPlan, UpstreamSettings, Target] | None:
+        """The request as a budget action sends it: another model, routed as that model."""
+        changed = with_model(plan, model)
+        if changed is None:
+            return None
+        try:
+            upstream = self._route(model, False)
+        except NoRoute:
+            log.warning(
+                "a budget downgrades to %r, which no upstream serves: not downgraded", model
+            )
+            return None
+        where = target(
+            upstream,
+            upstream_path(path, request.scope.get("raw_path"), _prefix(endpoint)),
+            model,
+            version_of(endpoint),
+        )
+        return changed, upstream, where
 
     def _route(self, model: str | None, native: bool) -> UpstreamSettings:
         """The upstream for ``model``, among those that speak the API the client called."""
@@ -297,7 +334,7 @@ class Forwarder:
         exchange.latency_ms = elapsed_ms(started)
         exchange.completed = True
         headers = _headers_without_encoding(response)
-        headers.append((REQUEST_ID_HEADER, exchange.id))
+        headers.extend(_tally_headers(exchange))
         payload = json_object(content)
         if payload is not None:
             exchange.response_model = response_model_of(payload)
@@ -346,7 +383,7 @@ class Forwarder:
             framing=framing,
         )
         headers = _headers_without_encoding(response)
-        headers.append((REQUEST_ID_HEADER, exchange.id))
+        headers.extend(_tally_headers(exchange))
         self.sink.begin(exchange)
         return PassthroughStream(
             tee.chunks(),
@@ -364,6 +401,23 @@ def _goodbye(events: bool, native: bool, framing: Framing) -> bytes:
     if not events or framing != "sse":
         return b""
     return shutdown_event("gemini" if native else "openai")
+
+
+def _tally_headers(exchange: Exchange) -> list[tuple[str, str]]:
+    headers = [(REQUEST_ID_HEADER, exchange.id)]
+    if exchange.downgraded_from is not None:
+        headers.append((DOWNGRADED_HEADER, quote(exchange.downgraded_from, safe=_MODEL_CHARS)))
+    return headers
+
+
+_MODEL_CHARS = "/:*@+,;=!$&'()~"
+
+
+def refused_by_action(budget: Budget) -> str:
+    return (
+        f"{budget.describe()} refuses requests past "
+        f"{min(a.at for a in budget.actions if a.refuse)}% of its limit (its actions)"
+    )
 
 
 def _shape(exchange: Exchange) -> ErrorShape:

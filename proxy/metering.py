@@ -128,6 +128,7 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         session_name=exchange.session_name,
         trace_id=exchange.trace_id,
         span_id=exchange.span_id,
+        downgraded_from=exchange.downgraded_from,
     )
 
 

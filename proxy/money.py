@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+
+EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+"""Decimal arithmetic on money: wide enough that NUMERIC(30, 12) values never round."""
 
 
 def format_usd(amount: Decimal) -> str:
@@ -15,3 +18,8 @@ def format_usd(amount: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text == "-0" else text
+
+
+def money(value: Decimal | None) -> str | None:
+    """Money as a decimal string; None stays None."""
+    return None if value is None else format_usd(value)

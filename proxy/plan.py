@@ -133,6 +133,16 @@ def with_stream_usage(plan: RequestPlan, endpoint: str) -> RequestPlan:
     return replace(plan, body=_with_include_usage(plan.body, parsed), strip_usage_chunk=True)
 
 
+def with_model(plan: RequestPlan, model: str) -> RequestPlan | None:
+    """The request sent as ``model`` instead (a budget's downgrade); None for a body whose
+    model is not a JSON field."""
+    if plan.json is None:
+        return None
+    sent = orjson.loads(plan.body)  # as it goes out: stream_options may have been added
+    sent["model"] = model
+    return replace(plan, body=orjson.dumps(sent), json={**plan.json, "model": model}, model=model)
+
+
 def _parse_json_body(body: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)

@@ -70,6 +70,8 @@ class Exchange:
     session_name: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    downgraded_from: str | None = None
+    """The model the client asked for, when a budget action sent ``model`` instead."""
 
 
 @dataclass(slots=True)
@@ -108,3 +110,5 @@ class RequestRecord:
     session_name: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    # The model the client asked for, when a budget action sent ``model`` instead.
+    downgraded_from: str | None = None

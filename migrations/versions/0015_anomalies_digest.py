@@ -6,7 +6,7 @@
 - ``digest_runs``: one row per day digested; the replica that inserts it sends the digest.
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0016
 Create Date: 2026-12-03
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0011"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -19,17 +19,20 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy.api.budgets import budget_json
-from proxy.api.serialize import iso_utc
 from proxy.signing import SIGNATURE_HEADER, sign
+from proxy.spend.forecast import within
+from proxy.spend.view import budget_json, forecast
 from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.budgets import BudgetStore
+from proxy.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SIGNATURE_HEADER", "Alerter", "alert_body", "crossed", "sign"]
 
 DELIVERY_TIMEOUT = 10.0
+FORECAST_ALERT = 0
+"""The threshold under which a forecast alert is claimed: thresholds proper are 1-1000 %."""
 
 
 def crossed(thresholds: Sequence[int], spent: Decimal, limit: Decimal) -> list[int]:
@@ -40,8 +43,18 @@ def crossed(thresholds: Sequence[int], spent: Decimal, limit: Decimal) -> list[i
 
 
 def alert_body(status: dict[str, Any], threshold: int, fired_at: datetime) -> bytes:
-    """The webhook's JSON: which budget, which threshold, and the spend that crossed it."""
-    budget = budget_json(status)
+    """The webhook's JSON: which budget, which threshold, and the spend that crossed it; or,
+    for a forecast, when the budget runs out at its pace."""
+    budget = budget_json(status, fired_at)
+    if threshold == FORECAST_ALERT:
+        return orjson.dumps(
+            {
+                "type": "budget.forecast",
+                "runs_out_at": budget["runs_out_at"],
+                "fired_at": iso_utc(fired_at),
+                "budget": budget,
+            }
+        )
     return orjson.dumps(
         {
             "type": "budget.threshold",
@@ -50,6 +63,10 @@ def alert_body(status: dict[str, Any], threshold: int, fired_at: datetime) -> by
             "budget": budget,
         }
     )
+
+
+def _what(threshold: int) -> str:
+    return "forecast" if threshold == FORECAST_ALERT else f"at {threshold}%"
 
 
 class Alerter:
@@ -63,19 +80,22 @@ class Alerter:
         *,
         max_attempts: int = 6,
         retry_seconds: float = 2.0,
+        forecast_hours: float | None = None,
     ) -> None:
         self.store = store
         self.url = url
         self.secret = secret
         self.max_attempts = max_attempts
         self.retry_seconds = retry_seconds
+        self.forecast_hours = forecast_hours
         self._session: aiohttp.ClientSession | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
 
     async def check(self, now: datetime) -> int:
         """Claim and send the alerts due now; returns how many this replica claimed."""
         claimed = 0
-        for status in await self.store.status(now):
+        statuses = await self.store.status(now)
+        for status in statuses:
             thresholds = status["alerts"] or []
             if not thresholds:
                 continue
@@ -86,12 +106,21 @@ class Alerter:
                     thresholds, Decimal(status["spent_tokens"]), Decimal(status["limit_tokens"])
                 )
             for threshold in due:
-                if await self.store.claim_alert(status["id"], status["period_start"], threshold):
-                    claimed += 1
-                    task = asyncio.create_task(self._deliver(status, threshold, now))
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._deliveries.discard)
+                claimed += await self._claim(status, threshold, now)
+        if self.forecast_hours is not None:
+            for status in statuses:
+                if within(forecast(status, now), now, self.forecast_hours):
+                    claimed += await self._claim(status, FORECAST_ALERT, now)
         return claimed
+
+    async def _claim(self, status: dict[str, Any], threshold: int, now: datetime) -> int:
+        """Send the alert if this replica is the first to claim it; 1 when it was."""
+        if not await self.store.claim_alert(status["id"], status["period_start"], threshold):
+            return 0
+        task = asyncio.create_task(self._deliver(status, threshold, now))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return 1
 
     async def _deliver(self, status: dict[str, Any], threshold: int, now: datetime) -> None:
         body = alert_body(status, threshold, now)
@@ -102,7 +131,7 @@ class Alerter:
         for attempt in range(1, self.max_attempts + 1):
             problem = await self._post(body, headers)
             if problem is None:
-                log.info("budget alert sent: %s at %d%%", status["name"], threshold)
+                log.info("budget alert sent: %s %s", status["name"], _what(threshold))
                 try:
                     await self.store.mark_delivered(status["id"], status["period_start"], threshold)
                 except DATABASE_ERRORS as exc:
@@ -111,14 +140,14 @@ class Alerter:
                 return
             if attempt < self.max_attempts:
                 log.warning(
-                    "budget alert for %s at %d%% not delivered (%s); retrying in %.1fs",
-                    status["name"], threshold, problem, wait,
+                    "budget alert for %s %s not delivered (%s); retrying in %.1fs",
+                    status["name"], _what(threshold), problem, wait,
                 )  # fmt: skip
                 await asyncio.sleep(wait)
                 wait *= 2
         log.error(
-            "budget alert for %s at %d%% given up after %d attempts",
-            status["name"], threshold, self.max_attempts,
+            "budget alert for %s %s given up after %d attempts",
+            status["name"], _what(threshold), self.max_attempts,
         )  # fmt: skip
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> str | None:

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.access.outage import OutageLedger
-from proxy.access.periods import Period
-from proxy.money import format_usd
+from proxy.errors import BudgetExceeded
 from proxy.pricing import PriceBook
 from proxy.records import Exchange
+from proxy.spend.budget import Budget, Hold, budget_of
+from proxy.spend.decide import KEEP, Decision, decide
+from proxy.spend.limits import max_output_tokens
+from proxy.spend.periods import period_start
 from proxy.store.availability import DATABASE_ERRORS, DECISION_TIMEOUT
 from proxy.tokens import TokenCounter
 from proxy.usage import Usage
@@ -35,58 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["key", "user", "session", "global"]
-SCOPES: tuple[Scope, ...] = ("key", "user", "session", "global")
 OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    id: str
-    name: str
-    scope: Scope
-    subject: str | None
-    period: Period
-    limit_usd: Decimal | None
-    limit_tokens: int | None
-    alerts: tuple[int, ...]
-
-    def applies(self, key_id: str | None, user_id: str | None, session_id: str | None) -> bool:
-        """Whether a request with these tags counts against this budget."""
-        if self.scope == "global":
-            return True
-        subject = {"key": key_id, "user": user_id, "session": session_id}[self.scope]
-        return subject is not None and subject == self.subject
-
-    def describe(self) -> str:
-        limit = f"{format_usd(self.limit_usd)} USD" if self.limit_usd is not None else ""
-        if self.limit_tokens is not None:
-            limit = (
-                f"{limit} / {self.limit_tokens} tokens" if limit else f"{self.limit_tokens} tokens"
-            )
-        whom = "everything" if self.scope == "global" else f"{self.scope} {self.subject!r}"
-        return f"budget {self.name!r} ({limit} per {self.period} for {whom})"
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What one request reserves against each budget it counts against."""
-
-    usd: Decimal
-    tokens: int
-
-
-def budget_of(row: dict[str, Any]) -> Budget:
-    return Budget(
-        id=row["id"],
-        name=row["name"],
-        scope=row["scope"],
-        subject=row["subject"],
-        period=row["period"],
-        limit_usd=row["limit_usd"],
-        limit_tokens=row["limit_tokens"],
-        alerts=tuple(row["alerts"] or ()),
-    )
 
 
 def output_limit(body: dict[str, Any] | None) -> int:
@@ -98,11 +51,51 @@ def output_limit(body: dict[str, Any] | None) -> int:
     return 0
 
 
-def estimate_hold(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Hold:
-    """The reservation of a request: its input counted locally, its output limit in full.
+@dataclass(frozen=True, slots=True)
+class HoldRules:
+    """``budgets:`` in the config: how holds are sized when a request leaves them open."""
+
+    default_max_output_tokens: int = 4096
+    unpriced: Literal["refuse", "allow"] = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    hold: Hold
+    priced: bool
+    """False when the model has no price: the hold carries no money."""
+
+
+def writes_output(endpoint: str) -> bool:
+    """Whether the endpoint generates tokens (embeddings and moderations write none)."""
+    return (
+        endpoint.endswith(_GENERATING)
+        or ":generateContent" in endpoint
+        or (":streamGenerateContent" in endpoint)
+    )
+
+
+_GENERATING = ("/chat/completions", "/completions", "/responses", "/messages")
+
+
+def output_reservation(exchange: Exchange, rules: HoldRules) -> int:
+    """The output a request may write: its own limit, else the model's maximum from the
+    model table, else ``default_max_output_tokens``; never less than it could write."""
+    limit = output_limit(exchange.request_body)
+    if limit or not writes_output(exchange.endpoint):
+        return limit
+    known = max_output_tokens(exchange.model) if exchange.model else None
+    return known or rules.default_max_output_tokens
+
+
+def estimate_hold(
+    exchange: Exchange, counter: TokenCounter, prices: PriceBook, rules: HoldRules
+) -> Estimate:
+    """The reservation of a request: its input counted locally, its output at the most it
+    may write (``output_reservation``).
 
     Runs in a worker thread (tokenizing is CPU work). A model without a price reserves no
-    money (its records carry no cost either), only tokens.
+    money, only tokens; ``Budgets.reserve`` decides whether that is allowed.
     """
     body = exchange.request_body
     try:
@@ -111,14 +104,28 @@ def estimate_hold(exchange: Exchange, counter: TokenCounter, prices: PriceBook) 
         # A counting bug must not refuse the request: reserve the output limit only.
         log.exception("token estimate for a budget reservation failed")
         prompt = None
-    completion = output_limit(body)
+    completion = output_reservation(exchange, rules)
     usage = Usage(
         prompt_tokens=prompt or 0,
         completion_tokens=completion,
         total_tokens=(prompt or 0) + completion,
     )
     cost = prices.cost(exchange.model, usage, provider=exchange.provider, at=exchange.created_at)
-    return Hold(Decimal(0) if cost is None else cost.usd, usage.total_tokens)
+    hold = Hold(Decimal(0) if cost is None else cost.usd, usage.total_tokens)
+    return Estimate(hold, priced=cost is not None)
+
+
+def unpriced_refusal(exchange: Exchange, budgets: Sequence[Budget]) -> str | None:
+    """Why a request for a model without a price cannot be held against these budgets, or
+    None when none of them limits money."""
+    limited = next((budget for budget in budgets if budget.limit_usd is not None), None)
+    if limited is None:
+        return None
+    return (
+        f"{limited.describe()} limits spend in USD, and model {exchange.model!r} has no price "
+        "to reserve it at; add a price for it under prices: in the config, or set "
+        "budgets.unpriced: allow to let such requests through unreserved"
+    )
 
 
 class Budgets:
@@ -134,6 +141,7 @@ class Budgets:
         alerter: Alerter | None = None,
         outage_allowance: float = 0.0,
         reserve_timeout: float = DECISION_TIMEOUT,
+        rules: HoldRules = HoldRules(),
     ) -> None:
         self.store = store
         self.counter = counter
@@ -144,6 +152,7 @@ class Budgets:
         self._task: asyncio.Task[None] | None = None
         self.ledger = OutageLedger(outage_allowance)
         self.reserve_timeout = reserve_timeout
+        self.rules = rules
 
     async def start(self) -> None:
         """Read the definitions (later, when the database is unavailable now) and keep them
@@ -179,6 +188,22 @@ class Budgets:
             if b.applies(exchange.key_id, exchange.user_id, exchange.session_id)
         ]
 
+    def act(self, exchange: Exchange) -> Decision:
+        """The budget action for the request (downgrade, refuse early), decided from the
+        usage this replica already knows: no database call."""
+        if not self._budgets:
+            return KEEP
+        budgets = [budget for budget in self.matching(exchange) if budget.actions]
+        if not budgets:
+            return KEEP
+        used = {
+            budget.id: self.ledger.used(
+                (budget.id, period_start(budget.period, exchange.created_at))
+            )
+            for budget in budgets
+        }
+        return decide(exchange.model, budgets, used)
+
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the request's estimate on every budget it counts against, or raise
         ``BudgetExceeded`` naming the first that it would exceed."""
@@ -187,7 +212,14 @@ class Budgets:
         budgets = self.matching(exchange)
         if not budgets:
             return
-        hold = await asyncio.to_thread(estimate_hold, exchange, self.counter, self.prices)
+        estimate = await asyncio.to_thread(
+            estimate_hold, exchange, self.counter, self.prices, self.rules
+        )
+        if not estimate.priced and self.rules.unpriced == "refuse" and _billable(exchange):
+            refusal = unpriced_refusal(exchange, budgets)
+            if refusal is not None:
+                raise BudgetExceeded(refusal)
+        hold = estimate.hold
         try:
             await asyncio.wait_for(
                 self.store.reserve(exchange.id, budgets, hold, exchange.created_at),
@@ -230,3 +262,8 @@ class Budgets:
                 if not failing:
                     log.warning("budget refresh failed: %s", exc)
                 failing = True
+
+
+def _billable(exchange: Exchange) -> bool:
+    """A request that names a model and is sent with POST: one the provider may bill."""
+    return exchange.model is not None and exchange.method.upper() == "POST"

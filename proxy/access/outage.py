@@ -19,37 +19,13 @@ written: the totals end up exact.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
-from proxy.access.periods import period_start
 from proxy.errors import BudgetExceeded, DatabaseUnavailable
-from proxy.money import format_usd
-from proxy.store.types import EXACT
-
-if TYPE_CHECKING:  # proxy.access.budgets makes the ledger: no import cycle at run time
-    from proxy.access.budgets import Budget, Hold
-
-Slot = tuple[str, datetime]
-"""A budget's period: (budget id, period start)."""
-
-ZERO = Decimal(0)
-
-
-@dataclass(frozen=True, slots=True)
-class Amount:
-    """Money and tokens spent, reserved or admitted."""
-
-    usd: Decimal = ZERO
-    tokens: int = 0
-
-    def plus(self, other: Amount | Hold) -> Amount:
-        return Amount(EXACT.add(self.usd, other.usd), self.tokens + other.tokens)
-
-
-NOTHING = Amount()
+from proxy.money import EXACT, format_usd
+from proxy.spend.budget import NOTHING, Amount, Budget, Hold, Slot
+from proxy.spend.periods import period_start
 
 
 def _add(into: dict[Slot, Amount], slot: Slot, amount: Amount | Hold) -> None:

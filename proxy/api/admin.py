@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
-from proxy.access.periods import Period
-from proxy.api.budgets import budget_json
 from proxy.api.json_body import json_body
 from proxy.api.params import error_json
-from proxy.api.serialize import iso_utc
+from proxy.spend.actions import parse_actions
+from proxy.spend.periods import Period
+from proxy.spend.view import budget_json
 from proxy.store.access import KeyStore
 from proxy.store.types import MAX_BIGINT
+from proxy.timestamps import iso_utc
 
 
 class NewKeyRequest(BaseModel):
@@ -47,6 +48,7 @@ class NewBudgetRequest(BaseModel):
     usd: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
     tokens: int | None = Field(default=None, gt=0, le=MAX_BIGINT)
     alerts: list[int] = Field(default_factory=list)
+    actions: Any = None  # read by parse_actions, whose errors name the action at fault
 
     @model_validator(mode="after")
     def _consistent(self) -> NewBudgetRequest:
@@ -56,6 +58,7 @@ class NewBudgetRequest(BaseModel):
             raise ValueError("subject names the key id, user or session; none for global")
         if any(not 0 < a <= 1000 for a in self.alerts):
             raise ValueError("alerts are percentages of the limit, e.g. [50, 80, 100]")
+        parse_actions(self.actions)  # an ActionError is a ValueError: a 400 naming it
         return self
 
 
@@ -108,6 +111,7 @@ async def create_budget(
         limit_usd=body.usd,
         limit_tokens=body.tokens,
         alerts=body.alerts,
+        actions=parse_actions(body.actions),
     )
     await budgets.refresh()
     [status] = [r for r in await budgets.store.status(row["created_at"]) if r["id"] == row["id"]]

@@ -7,12 +7,13 @@ when unknown), never a float, so clients can sum it exactly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from proxy.money import format_usd
+from proxy.money import money
 from proxy.store.tables import TOKEN_FIELDS
+from proxy.timestamps import iso_utc
 
 RECORD_FIELDS: Final = (
     "id",
@@ -43,6 +44,7 @@ RECORD_FIELDS: Final = (
     "session_name",
     "trace_id",
     "span_id",
+    "downgraded_from",
 )
 
 SESSION_FIELDS: Final = (
@@ -70,19 +72,6 @@ SUMMARY_FIELDS: Final = (
     "cost_usd",
     "unpriced_requests",
 )
-
-
-def iso_utc(value: datetime | None) -> str | None:
-    """``2025-01-31T13:05:09.123456Z``; naive datetimes are taken to be UTC."""
-    if value is None:
-        return None
-    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return utc.isoformat().replace("+00:00", "Z")
-
-
-def money(value: Decimal | None) -> str | None:
-    """Money as a decimal string; None stays None."""
-    return None if value is None else format_usd(value)
 
 
 def _plain(value: Any) -> Any:

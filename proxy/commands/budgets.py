@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from proxy.access.budgets import SCOPES
-from proxy.access.periods import PERIODS
 from proxy.commands.common import database_flags, store_command
 from proxy.errors import InvalidRequest
+from proxy.spend.actions import Action, ActionError, parse_actions
+from proxy.spend.budget import SCOPES
+from proxy.spend.periods import PERIODS
 from proxy.store.budgets import BudgetStore
 from proxy.store.types import MAX_BIGINT
 
@@ -32,6 +33,13 @@ def register(commands: Any) -> None:
     limit.add_argument("--tokens", type=_positive, help="limit in tokens")
     create.add_argument(
         "--alert", type=_percentages, default=(), help="alert thresholds in %%, e.g. 50,80,100"
+    )
+    create.add_argument(
+        "--actions",
+        type=_actions,
+        default=(),
+        help='JSON, e.g. \'[{"at": 80, "downgrade": {"gpt-4o": "gpt-4o-mini"}}, '
+        '{"at": 95, "refuse": true}]\'',
     )
     create.set_defaults(run=store_command(BudgetStore, _create))
     listing = actions.add_parser("list", help="budgets with this period's spend (JSON lines)")
@@ -59,6 +67,15 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _actions(text: str) -> tuple[Action, ...]:
+    try:
+        return parse_actions(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    except ActionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _percentages(text: str) -> tuple[int, ...]:
     values = tuple(_positive(part.strip()) for part in text.split(",") if part.strip())
     if any(v > 1000 for v in values):
@@ -79,6 +96,7 @@ async def _create(store: BudgetStore, args: argparse.Namespace) -> int:
             limit_usd=args.usd,
             limit_tokens=args.tokens,
             alerts=args.alert,
+            actions=args.actions,
         )
     except InvalidRequest as exc:
         print(f"tallyproxy: --{exc.param}: {exc.message}")
@@ -88,7 +106,7 @@ async def _create(store: BudgetStore, args: argparse.Namespace) -> int:
 
 
 async def _list(store: BudgetStore, args: argparse.Namespace) -> int:
-    from proxy.api.budgets import budget_json
+    from proxy.spend.view import budget_json
 
     for row in await store.status(datetime.now(UTC)):
         print(json.dumps(budget_json(row)))

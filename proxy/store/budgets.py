@@ -20,19 +20,28 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select
+from sqlalchemy import and_, bindparam, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy.access.budgets import Budget, Hold, budget_of
-from proxy.access.outage import Amount, Slot
-from proxy.access.periods import Period, period_end, period_start
 from proxy.errors import BudgetExceeded, InvalidRequest
 from proxy.money import format_usd
-from proxy.store.tables import budget_alerts, budget_reservations, budget_spend, budgets
+from proxy.spend.actions import Action, actions_json
+from proxy.spend.budget import Amount, Budget, Hold, Slot, budget_of
+from proxy.spend.forecast import NO_BURN, Burn
+from proxy.spend.periods import Period, period_end, period_start
+from proxy.store.tables import (
+    budget_alerts,
+    budget_burn,
+    budget_reservations,
+    budget_spend,
+    budgets,
+)
 from proxy.store.types import EXACT, MAX_BIGINT, Money, max_money
 
 RESERVATION_TTL = timedelta(minutes=15)
+BURN_BUCKET = timedelta(minutes=5)
+BURN_KEPT = timedelta(days=2)
 ZERO = Decimal(0)
 
 
@@ -62,6 +71,7 @@ class BudgetStore:
         limit_usd: Decimal | None,
         limit_tokens: int | None,
         alerts: Sequence[int] = (),
+        actions: Sequence[Action] = (),
     ) -> dict[str, Any]:
         """Define a budget; ``InvalidRequest`` names a limit the database cannot hold."""
         self.check_limits(limit_usd, limit_tokens)
@@ -74,6 +84,7 @@ class BudgetStore:
             "limit_usd": limit_usd,
             "limit_tokens": limit_tokens,
             "alerts": sorted(set(alerts)),
+            "actions": actions_json(actions) or None,
             "created_at": datetime.now(UTC),
         }
         async with self._engine.begin() as connection:
@@ -99,6 +110,9 @@ class BudgetStore:
             )
             await connection.execute(
                 delete(budget_reservations).where(budget_reservations.c.budget_id == budget_id)
+            )
+            await connection.execute(
+                delete(budget_burn).where(budget_burn.c.budget_id == budget_id)
             )
         return bool(result.rowcount)
 
@@ -193,17 +207,38 @@ class BudgetStore:
     async def status(self, at: datetime, subject_key: str | None = None) -> list[dict[str, Any]]:
         """Each budget (only the key's own with ``subject_key``) with its current period."""
         result = []
-        for row in await self.definitions():
-            if subject_key is not None and not (
-                row["scope"] == "key" and row["subject"] == subject_key
-            ):
-                continue
+        rows = [
+            row
+            for row in await self.definitions()
+            if subject_key is None or (row["scope"] == "key" and row["subject"] == subject_key)
+        ]
+        burns = await self.burn([row["id"] for row in rows], at)
+        for row in rows:
             budget = budget_of(row)
             start = period_start(budget.period, at)
             spend = await self._spend(budget.id, start)
             result.append({**row, **spend, "period_start": start,
-                           "resets_at": period_end(budget.period, start)})  # fmt: skip
+                           "resets_at": period_end(budget.period, start),
+                           "burn": burns.get(budget.id, NO_BURN)})  # fmt: skip
         return result
+
+    async def burn(self, budget_ids: Sequence[str], at: datetime) -> dict[str, Burn]:
+        """What stored records spent on each budget in the hour and the day before ``at``."""
+        if not budget_ids:
+            return {}
+        c = budget_burn.c
+        sums: dict[str, list[Any]] = {}
+        async with self._engine.connect() as connection:
+            for n, since in enumerate((at - timedelta(hours=1), at - timedelta(days=1))):
+                query = (
+                    select(c.budget_id, func.sum(c.usd), func.sum(c.tokens))
+                    .where(c.budget_id.in_(budget_ids), c.bucket_start > since - BURN_BUCKET)
+                    .group_by(c.budget_id)
+                )
+                for budget_id, usd, tokens in (await connection.execute(query)).all():
+                    found = sums.setdefault(budget_id, [ZERO, 0, ZERO, 0])
+                    found[2 * n], found[2 * n + 1] = usd or ZERO, int(tokens or 0)
+        return {budget_id: Burn(*found) for budget_id, found in sums.items()}
 
     async def claim_alert(self, budget_id: str, start: datetime, threshold: int) -> bool:
         """True for the one caller, across replicas, that records this alert first."""
@@ -249,6 +284,9 @@ class BudgetStore:
             )
             rows = [dict(row) for row in released.mappings()]
             await _apply(connection, _released(rows))
+            await connection.execute(
+                delete(budget_burn).where(budget_burn.c.bucket_start < now - BURN_KEPT)
+            )
         return len(rows)
 
 
@@ -366,13 +404,39 @@ async def settle(connection: AsyncConnection, rows: Sequence[dict[str, Any]]) ->
         .returning(*_HELD)
     )
     deltas = _released(dict(row) for row in released.mappings())
+    burned: dict[tuple[str, datetime], list[Any]] = {}
     for row in rows:
         for budget in defined:
             if not budget.applies(row["key_id"], row["user_id"], row["session_id"]):
                 continue
             start = period_start(budget.period, row["created_at"])
             delta = deltas.setdefault((budget.id, start), [ZERO, 0, ZERO, 0])
+            burn = burned.setdefault((budget.id, _bucket(row["created_at"])), [ZERO, 0])
             if row["cost_usd"] is not None:
                 delta[0] = EXACT.add(delta[0], row["cost_usd"])
+                burn[0] = EXACT.add(burn[0], row["cost_usd"])
             delta[1] += row["total_tokens"] or 0
+            burn[1] += row["total_tokens"] or 0
     await _apply(connection, deltas)
+    await _burn(connection, burned)
+
+
+def _bucket(at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    return at.replace(minute=at.minute - at.minute % 5, second=0, microsecond=0)
+
+
+async def _burn(connection: AsyncConnection, burned: dict[tuple[str, datetime], list[Any]]) -> None:
+    if not burned:
+        return
+    rows = [
+        {"budget_id": budget_id, "bucket_start": start, "usd": usd, "tokens": tokens}
+        for (budget_id, start), (usd, tokens) in sorted(burned.items())
+    ]
+    statement = _insert(connection, budget_burn)
+    new, old = statement.excluded, budget_burn.c
+    statement = statement.on_conflict_do_update(
+        index_elements=[old.budget_id, old.bucket_start],
+        set_={"usd": old.usd + new.usd, "tokens": old.tokens + new.tokens},
+    )
+    await connection.execute(statement, rows)

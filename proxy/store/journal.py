@@ -92,6 +92,7 @@ def encode_exchange(exchange: Exchange) -> bytes:
             exchange.session_name,
             exchange.trace_id,
             exchange.span_id,
+            exchange.downgraded_from,
         ],
         option=orjson.OPT_APPEND_NEWLINE,
     )
@@ -120,7 +121,7 @@ def decode_exchange(line: bytes) -> Exchange:
         (_, id_, created, method, endpoint, upstream, provider, stream, model, session_id,
          user_id, properties, key_id, status, response_model, usage, cost, completed,
          latency_ms, ttft_ms, error, needed_estimate) = values[:_FIRST_FIELDS]  # fmt: skip
-        session_path, session_name, trace_id, span_id = _later_fields(values)
+        session_path, session_name, trace_id, span_id, downgraded_from = _later_fields(values)
         exchange = Exchange(
             id=id_,
             created_at=datetime.fromisoformat(created),
@@ -146,6 +147,7 @@ def decode_exchange(line: bytes) -> Exchange:
             session_name=session_name,
             trace_id=trace_id,
             span_id=span_id,
+            downgraded_from=downgraded_from,
         )
     except (TypeError, ArithmeticError) as exc:
         raise ValueError(f"unreadable journal line: {exc}") from None
@@ -157,15 +159,19 @@ def decode_exchange(line: bytes) -> Exchange:
 
 
 _FIRST_FIELDS = 22
-_LATER_FIELDS = 4
+_LATER_FIELDS = 5
+_RELEASED = (0, 4, 5)
+"""How many later fields the lines of each release have: session paths and trace context (4),
+downgraded_from (5)."""
 
 
 def _later_fields(values: list[Any]) -> list[Any]:
     """The fields appended after the first release of the format; None on older lines."""
     later = values[_FIRST_FIELDS:]
-    if len(later) not in (0, _LATER_FIELDS):
+    if len(later) not in _RELEASED:
         raise ValueError(f"a journal line of {len(values)} fields")
-    return later or [None] * _LATER_FIELDS
+    # Each release appends: a line from an older one lacks the newest fields.
+    return later + [None] * (_LATER_FIELDS - len(later))
 
 
 class _Identified(Protocol):

@@ -123,6 +123,7 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "session_name": record.session_name,
         "trace_id": record.trace_id,
         "span_id": record.span_id,
+        "downgraded_from": record.downgraded_from,
     }
     for name in TOKEN_FIELDS:
         row[name] = None if usage is None else getattr(usage, name)

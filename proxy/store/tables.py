@@ -95,6 +95,8 @@ requests = Table(
     Column("session_name", String(256)),
     Column("trace_id", String(32)),
     Column("span_id", String(16)),
+    # The model the client asked for, when a budget action sent another (``model``).
+    Column("downgraded_from", String(256)),
     PrimaryKeyConstraint("id", "created_at"),
     # Listings page newest first by id: with id last, one model's (user's, key's, session's)
     # newest records are the end of an index range in each day's partition.
@@ -175,6 +177,7 @@ budgets = Table(
     Column("limit_usd", Money()),
     Column("limit_tokens", BigInteger),
     Column("alerts", JSON, nullable=False),  # percentages of the limit that fire a webhook
+    Column("actions", JSON),  # downgrade / refuse by threshold (proxy.spend.actions); null: none
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
@@ -189,6 +192,18 @@ budget_spend = Table(
     Column("reserved_usd", Money(), nullable=False),
     Column("reserved_tokens", BigInteger, nullable=False),
     PrimaryKeyConstraint("budget_id", "period_start"),
+)
+
+budget_burn = Table(
+    "budget_burn",
+    metadata,
+    # What stored records spent per budget and 5 minutes, for the burn rate and forecast of
+    # /usage/budgets; settled with budget_spend, kept for two days.
+    Column("budget_id", String(32), nullable=False),
+    Column("bucket_start", UTCDateTime(), nullable=False),
+    Column("usd", Money(), nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    PrimaryKeyConstraint("budget_id", "bucket_start"),
 )
 
 budget_reservations = Table(

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Numeric
@@ -13,11 +13,11 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from proxy.money import EXACT as EXACT  # where money arithmetic is defined
+
 MONEY_SCALE = 12
 """Digits after the decimal point kept for USD amounts: 1 pico-dollar."""
 
-EXACT = Context(prec=60, rounding=ROUND_HALF_EVEN)
-"""Decimal arithmetic on money: wide enough that NUMERIC(30, 12) values never round."""
 
 _PICO = Decimal(10) ** MONEY_SCALE
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)

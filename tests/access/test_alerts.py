@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,50 @@ async def test_each_threshold_alerts_once_signed_and_retried(
     assert last["type"] == "budget.threshold"
     assert last["budget"]["name"] == "erin-daily" and last["budget"]["spent_tokens"] == 87
     assert SECRET not in str(receiver.received)
+
+
+async def test_a_forecast_inside_the_horizon_alerts_once(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    fake_upstream.usage = FakeUsage(prompt_tokens=19, completion_tokens=10)  # $0.0119 each
+    receiver = Receiver(failures=0)
+    async with run_asgi_server_async(receiver.app) as hook_url:
+        settings = proxy_settings(
+            fake_upstream.base_url,
+            f"sqlite+aiosqlite:///{tmp_path}/t.db",
+            upstream__api_key=UPSTREAM_KEY,
+            admin_token=ADMIN_TOKEN,
+            prices=PRICES,
+            access__key_cache_seconds=0.1,
+            access__allow_anonymous=True,
+            alerts__webhook_url=f"{hook_url}/hook",
+            alerts__webhook_secret=SECRET,
+            alerts__forecast_hours=48,
+        )
+        async with start_proxy(settings) as proxy:
+            proxy.api.headers.update(ADMIN)
+            budget = {"scope": "user", "subject": "fay", "period": "total", "usd": "1",
+                      "name": "fay-total"}  # fmt: skip
+            assert (await proxy.api.post("/admin/budgets", json=budget)).status_code == 201
+            [before] = (await proxy.api.get("/usage/budgets")).json()["data"]
+            assert before["runs_out_at"] is None  # nothing spent yet: no pace
+            assert before["burn"]["last_hour"] == {"usd_per_hour": "0", "tokens_per_hour": 0}
+            for _ in range(2):
+                await proxy.sdk.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, max_tokens=10, user="fay"
+                )
+            [alert] = await receiver.wait(1)
+            await asyncio.sleep(0.5)  # more checks pass: sent once
+            [status] = (await proxy.api.get("/usage/budgets")).json()["data"]
+    assert len(receiver.received) == 1
+    body, signature = receiver.received[0]
+    assert signature == sign(SECRET, body)
+    assert alert["type"] == "budget.forecast" and alert["budget"]["name"] == "fay-total"
+    # $0.0238 in the last hour, $0.9762 left: 41 hours at that pace, inside the 48.
+    assert status["burn"]["last_hour"] == {"usd_per_hour": "0.0238", "tokens_per_hour": 58}
+    assert status["burn"]["last_day"]["usd_per_hour"] == "0.000991666667"
+    for projected in (alert["runs_out_at"], status["runs_out_at"]):
+        hours = (
+            datetime.fromisoformat(projected) - datetime.fromisoformat(alert["fired_at"])
+        ) / timedelta(hours=1)
+        assert 40.9 < hours < 41.1

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.access.budgets import Budget, Hold, budget_of
-from proxy.access.periods import TOTAL_START, period_end, period_start
 from proxy.errors import BudgetExceeded
+from proxy.spend.budget import Budget, Hold, budget_of
+from proxy.spend.periods import TOTAL_START, period_end, period_start
 from proxy.store.budgets import RESERVATION_TTL, BudgetStore
 from proxy.store.rows import write_records
 from proxy.usage import Usage

@@ -31,8 +31,7 @@ def priced_settings(fake_upstream: FakeUpstream, database_url: str, **extra: Any
         database_url,
         upstream__api_key=UPSTREAM_KEY,
         admin_token=ADMIN_TOKEN,
-        prices=PRICES,
-        **extra,
+        **{"prices": PRICES, **extra},
     )
 
 
@@ -176,29 +175,39 @@ async def spent_once_settled(proxy: RunningProxy, admitted: int) -> dict[str, An
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # the overshoot, not some other failure
-    reason="fixed by the spend-control issue: a request without max_tokens reserves its input "
-    "only, so a concurrent burst overshoots (issue 13, item 10; here USD 4.76x, tokens 3.5x)",
-)
+@pytest.fixture
+async def unbounded_proxy(
+    fake_upstream: FakeUpstream, database_url: str
+) -> AsyncIterator[RunningProxy]:
+    """Anonymous pass-through; a request without max_tokens reserves 20 output tokens (the
+    test model is not in the model table, so budgets.default_max_output_tokens applies)."""
+    settings = priced_settings(
+        fake_upstream,
+        database_url,
+        access__allow_anonymous=True,
+        budgets__default_max_output_tokens=20,
+    )
+    async with start_proxy(settings) as running:
+        running.api.headers.update(ADMIN)
+        yield running
+
+
 @pytest.mark.parametrize("limit", [{"usd": "0.05"}, {"tokens": 100}], ids=["usd", "tokens"])
 async def test_a_burst_without_max_tokens_overshoots_by_at_most_one_request(
-    anonymous_priced_proxy: RunningProxy, fake_upstream: FakeUpstream, limit: dict[str, Any]
+    unbounded_proxy: RunningProxy, fake_upstream: FakeUpstream, limit: dict[str, Any]
 ) -> None:
-    priced_proxy = anonymous_priced_proxy  # pass-through with the proxy's key, as in the issue
     # Slow answers: every reservation is made before the first record settles, as under load.
     fake_upstream.scenario, fake_upstream.delay_ms = "slow", 300
-    created = await priced_proxy.api.post(
+    created = await unbounded_proxy.api.post(
         "/admin/budgets",
         json={"scope": "user", "subject": "eve", "period": "day", **limit},
     )
     assert created.status_code == 201, created.text
-    results = await burst_without_max_tokens(priced_proxy, 20, user="eve")
+    results = await burst_without_max_tokens(unbounded_proxy, 20, user="eve")
     admitted = results.count(None)
-    if not set(results) <= {None, "budget_exceeded"}:  # not the expected AssertionError
-        raise RuntimeError(f"unexpected refusals: {results}")
-    budget = await spent_once_settled(priced_proxy, admitted)
+    assert set(results) == {None, "budget_exceeded"}
+    assert admitted >= 1
+    budget = await spent_once_settled(unbounded_proxy, admitted)
     if "usd" in limit:
         overshoot = Decimal(budget["spent_usd"]) - Decimal(limit["usd"])
         assert overshoot <= REQUEST_COST, f"{admitted} admitted, {budget['spent_usd']} USD spent"
@@ -207,6 +216,56 @@ async def test_a_burst_without_max_tokens_overshoots_by_at_most_one_request(
         assert overshoot_tokens <= fake_upstream.usage.total_tokens, (
             f"{admitted} admitted, {budget['spent_tokens']} tokens spent"
         )
+
+
+async def test_budget_refusals_tell_sdks_not_to_retry(
+    unbounded_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    created = await unbounded_proxy.api.post(
+        "/admin/budgets",
+        json={"scope": "user", "subject": "ivy", "period": "day", "usd": "0.001"},
+    )
+    assert created.status_code == 201, created.text
+    # The SDK's default of two retries: it would send three requests without the header.
+    async with openai.AsyncOpenAI(base_url=unbounded_proxy.base_url, api_key="x") as sdk:
+        with pytest.raises(openai.RateLimitError) as refused:
+            await sdk.chat.completions.create(model=MODEL, messages=MESSAGES, user="ivy")
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    records = await unbounded_proxy.records(1)
+    assert [r["status_code"] for r in records] == [429]
+    assert records[0]["id"] == refused.value.response.headers["x-tally-request-id"]
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("policy", ["refuse", "allow"])
+async def test_a_model_without_a_price_against_a_usd_budget(
+    fake_upstream: FakeUpstream, database_url: str, policy: str
+) -> None:
+    settings = priced_settings(
+        fake_upstream, database_url, access__allow_anonymous=True, budgets__unpriced=policy
+    )
+    async with start_proxy(settings) as proxy:
+        proxy.api.headers.update(ADMIN)
+        for limit in ({"usd": "5"}, {"tokens": 100000}):
+            created = await proxy.api.post(
+                "/admin/budgets",
+                json={"scope": "user", "subject": "uma", "period": "day", **limit},
+            )
+            assert created.status_code == 201, created.text
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key="x", max_retries=0) as sdk:
+            call = sdk.chat.completions.create(
+                model="model-without-a-price", messages=MESSAGES, max_tokens=10, user="uma"
+            )
+            if policy == "allow":
+                await call
+                assert len(fake_upstream.requests) == 1
+                return
+            with pytest.raises(openai.RateLimitError) as refused:
+                await call
+    assert refused.value.code == "budget_exceeded"
+    assert "'model-without-a-price' has no price" in refused.value.message
+    assert "budgets.unpriced" in refused.value.message
+    assert fake_upstream.requests == []
 
 
 async def test_budgets_on_users_and_tokens_apply_without_virtual_keys(

@@ -69,18 +69,30 @@ async def check_cards(page: Page, rows: list[dict[str, Any]]) -> None:
     assert await page.evaluate(text("#kpi-cost .value")) == expected_cost
 
 
+def preorder(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node["children"] for n in preorder(child))]
+
+
+def tree_line(total: dict[str, Any]) -> str:
+    errors = f" · {count(total['errors'])} errors" if total["errors"] else ""
+    return (
+        f"{count(total['requests'])} requests · {count(total['total_tokens'])} tokens · "
+        f"{usd(total['cost_usd'])}{errors}"
+    )
+
+
 async def test_dashboard_shows_the_api_numbers(
     fake_upstream: FakeUpstream, sqlite_url: str, now: datetime, browser: Browser, tmp_path: Path
 ) -> None:
     await seed(sqlite_url, week_of_usage(now))
     async with start_proxy(proxy_settings(fake_upstream.base_url, sqlite_url)) as proxy:
         headers = {"X-Session-Id": "chat-42", "X-User-Id": "alice", "X-Property-Env": "prod"}
-        for n in range(3):
+        for n, path in enumerate(("/plan", "/plan/search", "/answer")):
             await proxy.sdk.chat.completions.create(
                 model="gpt-4o-mini",
-                messages=[{"role": "user", "content": f"question {n}"}],
+                messages=[{"role": "user", "content": f"question {n}" * (n + 1)}],
                 stream=n == 1,
-                extra_headers=headers,
+                extra_headers={**headers, "X-Session-Path": path},
             )
         await proxy.records(3, session_id="chat-42")
         page = await browser.new_page()
@@ -131,6 +143,16 @@ async def test_dashboard_shows_the_api_numbers(
         session = await api(proxy, "/usage/sessions/chat-42")
         assert await page.evaluate(text("#kpi-cost .value")) == usd(session["cost_usd"])
         assert await page.evaluate(text("#kpi-requests .value")) == "3"
+        # The path tree: every node in the API's order (costliest first), with its totals.
+        shown_nodes = await page.evaluate(
+            "[...document.querySelectorAll('#path-tree [data-path]')].map(n => "
+            "[n.dataset.path, n.querySelector('.node-numbers').textContent])"
+        )
+        assert shown_nodes == [
+            [node["path"], tree_line(node["total"])] for node in preorder(session["tree"])
+        ]
+        assert [path for path, _ in shown_nodes][:1] == ["/"]
+        assert {path for path, _ in shown_nodes} == {"/", "/plan", "/plan/search", "/answer"}
         await page.screenshot(tmp_path / "session.png")
 
         # Back to the overview, filtered by user and property through the form.

@@ -51,6 +51,7 @@ def exchange(record_id: str, **fields: object) -> Exchange:
         "cost": Cost(Decimal("0.0000123"), "builtin", "2026-01", "gpt-4o-mini"),
         "session_path": "/plan/search/2", "session_name": "Trip planner",
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+        "downgraded_from": "gpt-4o",
     }  # fmt: skip
     values.update(fields)
     return Exchange(**values)  # type: ignore[arg-type]
@@ -77,7 +78,8 @@ def test_a_line_keeps_what_the_record_needs_and_nothing_private(tmp_path: Path) 
     back = decode_exchange(line + b"\n")
     for name in ("id", "created_at", "user_id", "properties", "provider_usage", "cost",
                  "completed", "latency_ms", "status_code", "key_id", "response_model",
-                 "session_path", "session_name", "trace_id", "span_id"):  # fmt: skip
+                 "session_path", "session_name", "trace_id", "span_id",
+                 "downgraded_from"):  # fmt: skip
         assert getattr(back, name) == getattr(secret, name), name
     assert back.request_body is None and back.completion_text == "" and back.error is None
     journal.close()

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from proxy.access.budgets import Budget, Hold
-from proxy.access.outage import Amount, OutageLedger
-from proxy.access.periods import period_start
+from proxy.access.outage import OutageLedger
 from proxy.errors import BudgetExceeded, DatabaseUnavailable
+from proxy.spend.budget import Amount, Budget, Hold
+from proxy.spend.periods import period_start
 
 AT = datetime(2026, 3, 4, 12, 30, tzinfo=UTC)
 USD = Budget("b-usd", "usd", "key", "k1", "day", Decimal("1.00"), None, ())

@@ -226,6 +226,21 @@ async function renderOverview(filters, view) {
   );
 }
 
+/** One path node and, expandable, its children (the API sends them costliest first). */
+function treeNode(node, depth) {
+  const t = node.total;
+  const name = node.path === "/" ? "/ (session)" : node.path.split("/").pop();
+  const errors = t.errors ? h("span", { class: "status-bad" }, ` · ${fmt.int(t.errors)} errors`) : "";
+  const line = h("span", { class: "node-line", title: `${node.path}: own ${fmt.int(node.own.requests)} requests, ${fmt.usd(node.own.cost_usd)}` },
+    h("code", { class: "node-path" }, name),
+    h("span", { class: "node-numbers" },
+      `${fmt.int(t.requests)} requests · ${fmt.int(t.total_tokens)} tokens · ${fmt.usd(t.cost_usd)}`, errors));
+  if (!node.children.length) return h("div", { class: "node leaf", "data-path": node.path }, line);
+  return h("details", { class: "node", "data-path": node.path, open: depth < 1 },
+    h("summary", {}, line),
+    ...node.children.map((child) => treeNode(child, depth + 1)));
+}
+
 async function renderSession(id, filters, view) {
   const [session, requests, anomalies] = await Promise.all([
     getJson(`../usage/sessions/${encodeURIComponent(id)}`),
@@ -248,6 +263,10 @@ async function renderSession(id, filters, view) {
         unpricedNote(session.unpriced_requests)),
       card("kpi-time", "First → last request", fmt.time(session.first_request_at),
         fmt.time(session.last_request_at))),
+    session.tree && session.tree.children.length
+      ? panel("session-tree", "Paths (costliest first; a node's totals include its children)",
+        h("div", { class: "tree", id: "path-tree" }, treeNode(session.tree, 0)))
+      : null,
     panel("session-models", "Models", table([
       ["Model", (r) => r.model, "key"], ...TOTAL_COLUMNS], models)),
     panel("session-requests", `Requests in order (${rows.length}${requests.complete ? "" : ", the newest only"})`,

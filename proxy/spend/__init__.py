@@ -1,0 +1,1 @@
+"""Spend control, pure: budgets and their periods, holds, actions and forecasts."""
