@@ -10,6 +10,7 @@ from proxy.config import Settings
 from proxy.digest.job import CHECK_SECONDS, DigestJob
 from proxy.periodic import Periodic
 from proxy.store.anomalies import AnomalyStore
+from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.budgets import BudgetStore
 from proxy.store.digests import DigestStore
 from proxy.webhooks import Webhook
@@ -49,14 +50,21 @@ class BackgroundJobs:
             )
             self._loops.append(
                 Periodic(
-                    "anomaly detection", self.anomalies.check, settings.anomalies.interval_seconds
+                    "anomaly detection",
+                    self.anomalies.check,
+                    settings.anomalies.interval_seconds,
+                    expected=DATABASE_ERRORS,
                 )
             )
         if settings.digest.enabled:
             self.digest = DigestJob(
                 settings.digest, DigestStore(engine), BudgetStore(engine), digest_webhook(settings)
             )
-            self._loops.append(Periodic("daily digest", self.digest.run_due, CHECK_SECONDS))
+            self._loops.append(
+                Periodic(
+                    "daily digest", self.digest.run_due, CHECK_SECONDS, expected=DATABASE_ERRORS
+                )
+            )
 
     def start(self) -> None:
         for loop in self._loops:

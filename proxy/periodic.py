@@ -14,12 +14,21 @@ log = logging.getLogger(__name__)
 
 
 class Periodic:
-    """Runs ``step`` now and then every ``interval`` seconds, on the running loop."""
+    """Runs ``step`` now and then every ``interval`` seconds, on the running loop; failures
+    of the ``expected`` kinds (the database away) are logged without a traceback."""
 
-    def __init__(self, name: str, step: Callable[[], Awaitable[object]], interval: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[object]],
+        interval: float,
+        *,
+        expected: tuple[type[Exception], ...] = (),
+    ) -> None:
         self.name = name
         self.step = step
         self.interval = interval
+        self.expected = expected
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -29,6 +38,8 @@ class Periodic:
         while True:
             try:
                 await self.step()
+            except self.expected as exc:  # a database away: one line a round, no traceback
+                log.warning("%s: %s; trying again in %.0fs", self.name, exc, self.interval)
             except Exception:  # the job's boundary: logged, and the next round tries again
                 log.exception("%s failed; trying again in %.0fs", self.name, self.interval)
             await asyncio.sleep(self.interval)
