@@ -23,6 +23,7 @@ from proxy.access.gate import Gate
 from proxy.access.guard import admin_guard, usage_guard
 from proxy.access.mode import access_mode
 from proxy.api.admin import admin_router
+from proxy.api.anomalies import anomalies_router
 from proxy.api.budgets import budgets_router
 from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
@@ -34,6 +35,7 @@ from proxy.config import Settings
 from proxy.dashboard import dashboard_router
 from proxy.errors import install_error_handlers
 from proxy.forward import Forwarder
+from proxy.jobs import BackgroundJobs
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
@@ -159,6 +161,9 @@ def create_app(settings: Settings) -> FastAPI:
         # Postgres: the next days' partitions of ``requests``, made ahead, off the request path.
         partition_keeper = PartitionKeeper(engine, ready=lambda: schema.ready)
         partition_keeper.start()
+        # Anomaly detection and the daily digest, when configured: off the request path.
+        jobs = BackgroundJobs(settings, engine)
+        jobs.start()
         # What start-up built (price data, routes, pools) lives as long as the process: moved
         # out of the collector's sight, old-generation collections stop scanning it per pause.
         gc.collect()
@@ -166,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await jobs.stop()
             await app.state.budgets.stop()
             await partition_keeper.stop()
             await schema.stop()
@@ -188,6 +194,7 @@ def create_app(settings: Settings) -> FastAPI:
     reader = [Depends(usage_guard(settings.admin_token))]
     app.include_router(usage_router(dependencies=reader))
     app.include_router(budgets_router(dependencies=reader))
+    app.include_router(anomalies_router(dependencies=reader))
     app.include_router(admin_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
     app.include_router(metrics_router(dependencies=guard))

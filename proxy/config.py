@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -274,6 +275,141 @@ class AlertSettings(_Section):
         return value
 
 
+def _webhook_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+class SmtpSettings(_Section):
+    """Where the daily digest is mailed: an SMTP server, STARTTLS by default.
+
+    The password comes from the environment variable ``password_env`` names, never the file.
+    ``ca_file`` trusts a private CA (PEM) for STARTTLS, instead of the system's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    user: str | None = None
+    password_env: str | None = None
+    sender: str = Field(alias="from", min_length=3)
+    to: tuple[str, ...] = Field(min_length=1)
+    ca_file: str | None = None
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+    # Read from ``password_env`` by ``load_settings``; never a key of the file.
+    _password: str | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    def with_password(self, password: str) -> SmtpSettings:
+        copy = self.model_copy()
+        copy._password = password
+        return copy
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _login(self) -> SmtpSettings:
+        if self.password_env is not None and self.user is None:
+            raise ValueError("password_env needs user (the SMTP login)")
+        return self
+
+
+def _clock(value: str) -> str:
+    hours, colon, minutes = value.partition(":")
+    if not (colon and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError('use HH:MM in UTC, e.g. "08:00"')
+    if not (0 <= int(hours) <= 23 and 0 <= int(minutes) <= 59):
+        raise ValueError('use HH:MM in UTC, from "00:00" to "23:59"')
+    return f"{int(hours):02d}:{minutes}"
+
+
+class DigestSettings(_Section):
+    """The daily digest: sent at ``at`` (UTC) for the day before, to the webhook and/or by
+    mail; off while neither is configured. ``webhook_secret`` defaults to the alerts' one."""
+
+    at: str = "08:00"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    smtp: SmtpSettings | None = None
+    top: int = Field(default=5, ge=1, le=50)
+    budget_warn_percent: int = Field(default=80, ge=1, le=1000)
+
+    @field_validator("at")
+    @classmethod
+    def _at_clock(cls, value: str) -> str:
+        return _clock(value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _webhook_url(value)
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook_url is not None or self.smtp is not None
+
+    @property
+    def send_time(self) -> tuple[int, int]:
+        hours, minutes = self.at.split(":")
+        return int(hours), int(minutes)
+
+
+AnomalySubject = Literal["session", "user", "key"]
+
+
+class AnomalySettings(_Section):
+    """Anomalies: a session, user or key whose cost or tokens in a window exceed ``k`` times
+    the median of its peers over ``baseline_days`` (and ``k`` robust deviations above it).
+    Peers of a session are the other sessions of its user; of a user or key, the others."""
+
+    enabled: bool = False
+    k: float = Field(default=10.0, gt=1, le=1000)
+    window: str = "1h"
+    baseline_days: int = Field(default=7, ge=1, le=90)
+    min_peers: int = Field(default=5, ge=1)
+    subjects: tuple[AnomalySubject, ...] = ("session", "user", "key")
+    interval_seconds: float = Field(default=60.0, ge=1, le=86400)
+    top_requests: int = Field(default=5, ge=1, le=50)
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _webhook_url(value)
+
+    @field_validator("window")
+    @classmethod
+    def _whole_hours(cls, value: str) -> str:
+        hours = _window_hours(value)
+        if hours is None or hours < 1 or (24 % hours != 0 and hours % 24 != 0):
+            raise ValueError(
+                'use whole hours that divide a day, or whole days: "1h", "6h", "24h", "7d"'
+            )
+        return value
+
+    @property
+    def window_hours(self) -> int:
+        return _window_hours(self.window) or 1
+
+
+def _window_hours(value: str) -> int | None:
+    text = value.strip().lower()
+    if text[:-1].isdigit() and text[-1:] in ("h", "d"):
+        return int(text[:-1]) * (24 if text.endswith("d") else 1)
+    return None
+
+
 class LoggingSettings(_Section):
     """The access log (a line per request, ``tallyproxy.access``) and how lines look."""
 
@@ -316,6 +452,8 @@ class Settings(_Section):
     access: AccessSettings = AccessSettings()
     budgets: BudgetSettings = BudgetSettings()
     alerts: AlertSettings = AlertSettings()
+    digest: DigestSettings = DigestSettings()
+    anomalies: AnomalySettings = AnomalySettings()
     logging: LoggingSettings = LoggingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     prices: tuple[PriceOverride, ...] = ()
@@ -410,8 +548,22 @@ def _with_keys_from_env(settings: Settings, env: Mapping[str, str]) -> Settings:
             "upstreams": tuple(
                 resolved(u, f"upstreams.{i}") for i, u in enumerate(settings.upstreams)
             ),
+            "digest": _with_smtp_password(settings.digest, env),
         }
     )
+
+
+def _with_smtp_password(digest: DigestSettings, env: Mapping[str, str]) -> DigestSettings:
+    smtp = digest.smtp
+    if smtp is None or smtp.password_env is None:
+        return digest
+    value = env.get(smtp.password_env)
+    if not value:
+        raise ConfigError(
+            f"config key 'digest.smtp.password_env': environment variable "
+            f"{smtp.password_env} is not set"
+        )
+    return digest.model_copy(update={"smtp": smtp.with_password(value)})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -512,7 +512,7 @@ def settings_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     """Dotted keys of every field, through nested sections and lists of sections."""
     keys: set[str] = set()
     for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"  # the alias is what the file says (smtp.from)
         keys.add(key)
         annotation = field.annotation
         nested = [annotation, *get_args(annotation)] if get_origin(annotation) else [annotation]

@@ -3,14 +3,13 @@
 Each replica checks the budgets it caches in the background; whichever inserts the
 ``budget_alerts`` row for (budget, period, threshold) first sends it, so replicas never send
 one alert twice. The body is signed with HMAC-SHA256 and the shared secret
-(``X-Tally-Signature: sha256=<hex>``); failed deliveries are retried with doubling waits.
+(``X-Tally-Signature: sha256=<hex>``, ``proxy.signing``); failed deliveries are retried
+with doubling waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -20,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from proxy.signing import SIGNATURE_HEADER, sign
 from proxy.spend.forecast import within
 from proxy.spend.view import budget_json, forecast
 from proxy.store.availability import DATABASE_ERRORS
@@ -28,7 +28,8 @@ from proxy.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "x-tally-signature"
+__all__ = ["SIGNATURE_HEADER", "Alerter", "alert_body", "crossed", "sign"]
+
 DELIVERY_TIMEOUT = 10.0
 FORECAST_ALERT = 0
 """The threshold under which a forecast alert is claimed: thresholds proper are 1-1000 %."""
@@ -39,11 +40,6 @@ def crossed(thresholds: Sequence[int], spent: Decimal, limit: Decimal) -> list[i
     if limit <= 0:
         return list(thresholds)
     return [t for t in thresholds if spent * 100 >= limit * t]
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The signature header's value: ``sha256=`` and the HMAC-SHA256 of the body, hex."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def alert_body(status: dict[str, Any], threshold: int, fired_at: datetime) -> bytes:

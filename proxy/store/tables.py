@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -287,4 +288,35 @@ rollup_state = Table(
     Column("rebuilt_at", UTCDateTime()),
     # Daily cells of the days before this have been rewritten in key order (compaction).
     Column("compacted_until", UTCDateTime()),
+)
+
+digest_runs = Table(
+    "digest_runs",
+    metadata,
+    # One row per digested day (its UTC midnight): whichever replica inserts it sends it.
+    Column("day", UTCDateTime(), primary_key=True),
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+)
+
+anomalies = Table(
+    "anomalies",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # A session, user or key, and the window its spend stood out in: one row per subject and
+    # window, whichever replica inserts it sends the webhook.
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("peer_group", String(256)),  # a session's user; null: all of the kind
+    Column("window_start", UTCDateTime(), nullable=False),
+    Column("window_end", UTCDateTime(), nullable=False),
+    Column("detected_at", UTCDateTime(), nullable=False),
+    Column("cost_usd", Money(), nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    # Per measure exceeded: the peers' median, MAD, count and the threshold crossed.
+    Column("baseline", JSON, nullable=False),
+    Column("top_requests", JSON, nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    UniqueConstraint("kind", "subject", "window_start"),
+    Index(None, "detected_at"),
 )

@@ -19,8 +19,11 @@ FLOORS = {
     "proxy.forward": 5,
     "proxy.tee": 4,
     "proxy.api": 4,
+    "proxy.jobs": 4,
     "proxy.access": 3,
     "proxy.store": 3,
+    "proxy.digest": 3,
+    "proxy.anomalies": 3,
     "proxy.tokens": 2,
     "proxy.tokenization": 2,
     "proxy.pricing": 2,
@@ -29,6 +32,9 @@ FLOORS = {
     "proxy.sse": 1,
     "proxy.usage": 1,
     "proxy.tags": 1,
+    "proxy.signing": 1,
+    "proxy.webhooks": 1,
+    "proxy.periodic": 1,
 }
 
 

@@ -1,6 +1,7 @@
 // The dashboard: filters live in the URL's hash (#/?range=7d&user=alice, #/session/<id>?...),
 // so a view can be reloaded, bookmarked and shared. Every number comes from the usage API.
 
+import { anomalyBadge, anomalyIndex, anomalyPanel, loadAnomalies } from "./anomalies.js";
 import { ApiError, getAll, getJson, getToken, setToken } from "./api.js";
 import { barChart } from "./chart.js";
 import { h, table } from "./dom.js";
@@ -143,13 +144,15 @@ async function renderOverview(filters, view) {
   const params = apiParams(filters);
   const grain = bucketGrain(filters);
   const summary = (group_by, limit) => getJson("../usage/summary", { ...params, group_by, limit });
-  const [series, models, users, sessions, recent] = await Promise.all([
+  const [series, models, users, sessions, recent, anomalies] = await Promise.all([
     summary(grain),
     summary("model", TOP),
     summary("user", TOP),
     summary("session", TOP),
     getJson("../usage/sessions", { ...params, limit: 20 }),
+    loadAnomalies(params.since, params.until),
   ]);
+  const flagged = anomalyIndex(anomalies);
   const rows = series.data;
   const sum = (name) => rows.reduce((total, row) => total + (row[name] || 0), 0);
   const cost = fmt.sumMoney(rows.map((row) => row.cost_usd));
@@ -176,9 +179,14 @@ async function renderOverview(filters, view) {
   const per = grain === "day" ? "per day" : "per hour";
 
   const sessionLink = (key) => key === null ? h("span", { class: "muted" }, "(no session)")
-    : h("a", { href: hashFor(sessionPath(key), filters), title: key }, key);
+    : h("span", {}, h("a", { href: hashFor(sessionPath(key), filters), title: key }, key),
+      anomalyBadge(flagged, "session", key));
   const userLink = (key) => key === null ? h("span", { class: "muted" }, "(no user)")
-    : h("a", { href: hashFor("/", { ...filters, user: key }), title: `only ${key}` }, key);
+    : h("span", {},
+      h("a", { href: hashFor("/", { ...filters, user: key }), title: `only ${key}` }, key),
+      anomalyBadge(flagged, "user", key));
+  const subjectLink = (row) => row.kind === "session" ? sessionLink(row.subject)
+    : row.kind === "user" ? userLink(row.subject) : row.subject;
 
   view.replaceChildren(
     h("div", { class: "cards" },
@@ -189,6 +197,7 @@ async function renderOverview(filters, view) {
         `reasoning ${fmt.int(sum("reasoning_tokens"))}`),
       card("kpi-cost", "Cost", fmt.usd(cost),
         unpricedNote(unpriced))),
+    ...(anomalies.length ? [anomalyPanel(anomalies, subjectLink)] : []),
     h("div", { class: "charts" },
       panel("chart-tokens", `Tokens ${per}`,
         h("div", { class: "legend" },
@@ -233,16 +242,18 @@ function treeNode(node, depth) {
 }
 
 async function renderSession(id, filters, view) {
-  const [session, requests] = await Promise.all([
+  const [session, requests, anomalies] = await Promise.all([
     getJson(`../usage/sessions/${encodeURIComponent(id)}`),
     getAll("../usage/requests", { session_id: id, limit: 1000 }),
+    loadAnomalies(null, null, { kind: "session", subject: id }),
   ]);
   const rows = requests.rows.slice().reverse(); // the API lists newest first
   const models = Object.entries(session.models).map(([model, totals]) => ({ model, ...totals }));
   const status = (r) => h("span", { class: r.status_code >= 400 ? "status-bad" : "" }, r.status_code);
   view.replaceChildren(
     h("a", { class: "back", href: hashFor("/", filters) }, "← all usage"),
-    h("h2", { class: "session-title" }, "Session ", h("code", { id: "session-id" }, session.session_id)),
+    h("h2", { class: "session-title" }, "Session ", h("code", { id: "session-id" }, session.session_id),
+      anomalyBadge(anomalyIndex(anomalies), "session", session.session_id)),
     h("div", { class: "cards" },
       card("kpi-requests", "Requests", fmt.int(session.requests),
         session.user_id === null ? "no user" : `user ${session.user_id}`),
