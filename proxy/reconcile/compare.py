@@ -173,8 +173,12 @@ class Reconciliation:
 
 
 def model_family(model: str | None) -> str | None:
-    """The model without a snapshot date or ``-latest``: "gpt-4o-2024-08-06" -> "gpt-4o"."""
-    return None if model is None else _DATED.sub("", model)
+    """The model without a snapshot date or ``-latest``: "gpt-4o-2024-08-06" -> "gpt-4o";
+    Anthropic's ``-0`` aliases too ("claude-sonnet-4-0" is "claude-sonnet-4-20250514")."""
+    if model is None:
+        return None
+    family = _DATED.sub("", model)
+    return family.removesuffix("-0") if family.startswith("claude-") else family
 
 
 def compare(
