@@ -8,12 +8,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.commands import budgets, keys, migrate, prune, report, reprice, rollups, serve
+from proxy.commands import (
+    budgets,
+    keys,
+    migrate,
+    prune,
+    reconcile,
+    report,
+    reprice,
+    rollups,
+    serve,
+)
 from proxy.commands.common import database_trouble, missing_sqlite_file
 from proxy.config import ConfigError, load_settings
 from proxy.logs import configure_logging
 
-COMMANDS = (serve, migrate, reprice, report, prune, rollups, keys, budgets)
+COMMANDS = (serve, migrate, reprice, report, prune, rollups, keys, budgets, reconcile)
 # The commands that may create the database: the others refuse a SQLite file not there yet.
 CREATING = ("serve", "migrate")
 
