@@ -4,7 +4,7 @@ totals (admin token only: it spends the provider's admin key).
 ``provider`` (``openai`` | ``anthropic``), ``since`` (default 7 days ago), ``until``
 (default now), ``bucket_width`` (``1d`` | ``1h``, default ``reconcile.bucket_width``);
 ``stored=true`` answers the comparisons the periodic job stored instead of asking the
-provider.
+provider (every provider's when ``provider`` is not given): what the dashboard shows.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def reconciliation_router(*, dependencies: Sequence[params.Depends] = ()) -> API
 
 async def reconciliation(
     request: Request,
-    provider: Annotated[Literal["openai", "anthropic"], Query()],
+    provider: Annotated[Literal["openai", "anthropic"] | None, Query()] = None,
     since: str | None = None,
     until: str | None = None,
     bucket_width: Literal["1d", "1h"] | None = None,
@@ -54,6 +54,8 @@ async def reconciliation(
     width = bucket_width or settings.reconcile.bucket_width
     if stored:
         return JSONResponse(await _stored(request, provider, width, start, end or now))
+    if provider is None:
+        raise InvalidRequest("give provider=openai or provider=anthropic", param="provider")
     try:
         result = await reconcile(settings, request.app.state.engine, provider, start, end, width)
     except NotConfigured as exc:
@@ -64,7 +66,7 @@ async def reconciliation(
 
 
 async def _stored(
-    request: Request, provider: str, width: str, since: datetime, until: datetime
+    request: Request, provider: str | None, width: str, since: datetime, until: datetime
 ) -> dict[str, Any]:
     start, end = aligned(since, until, width)  # type: ignore[arg-type]
     rows = await ReconciliationStore(request.app.state.engine).stored(provider, width, start, end)
@@ -75,6 +77,7 @@ async def _stored(
         "until": iso_utc(end),
         "stored": [
             {
+                "provider": row["provider"],
                 "bucket_start": iso_utc(row["bucket_start"]),
                 "final": row["final"],
                 "computed_at": iso_utc(row["computed_at"]),

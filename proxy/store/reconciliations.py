@@ -75,20 +75,15 @@ class ReconciliationStore:
             await connection.execute(statement, [{**row, "alerted_at": None} for row in rows])
 
     async def stored(
-        self, provider: str, width: str, since: datetime, until: datetime
+        self, provider: str | None, width: str, since: datetime, until: datetime
     ) -> list[dict[str, Any]]:
-        """The stored comparisons of buckets starting in ``[since, until)``, oldest first."""
+        """The stored comparisons of buckets starting in ``[since, until)``, oldest first
+        (``provider`` None: every provider's)."""
         c = reconciliations.c
-        query = (
-            select(reconciliations)
-            .where(
-                c.provider == provider,
-                c.bucket_width == width,
-                c.bucket_start >= since,
-                c.bucket_start < until,
-            )
-            .order_by(c.bucket_start)
-        )
+        conditions = [c.bucket_width == width, c.bucket_start >= since, c.bucket_start < until]
+        if provider is not None:
+            conditions.append(c.provider == provider)
+        query = select(reconciliations).where(*conditions).order_by(c.bucket_start, c.provider)
         async with self._engine.connect() as connection:
             return [dict(row._mapping) for row in await connection.execute(query)]
 

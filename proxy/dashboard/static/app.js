@@ -143,12 +143,15 @@ async function renderOverview(filters, view) {
   const params = apiParams(filters);
   const grain = bucketGrain(filters);
   const summary = (group_by, limit) => getJson("../usage/summary", { ...params, group_by, limit });
-  const [series, models, users, sessions, recent] = await Promise.all([
+  const [series, models, users, sessions, recent, bill] = await Promise.all([
     summary(grain),
     summary("model", TOP),
     summary("user", TOP),
     summary("session", TOP),
     getJson("../usage/sessions", { ...params, limit: 20 }),
+    // Admin only, and only once the reconciliation job has stored something: else no panel.
+    getJson("../usage/reconciliation", { stored: "true", since: params.since, until: params.until })
+      .catch(() => null),
   ]);
   const rows = series.data;
   const sum = (name) => rows.reduce((total, row) => total + (row[name] || 0), 0);
@@ -205,6 +208,7 @@ async function renderOverview(filters, view) {
         models.data, (r) => keyText(r.key, h("span", { class: "muted" }, "(no model)"))),
       topTable("top-users", "User", users.data, (r) => userLink(r.key)),
       topTable("top-sessions", "Session", sessions.data, (r) => sessionLink(r.key))),
+    billPanel(bill),
     panel("recent-sessions", "Recent sessions", orEmpty(recent.data, table([
       ["Session", (r) => sessionLink(r.session_id), "key"],
       ["User", (r) => keyText(r.user_id, "–")],
@@ -215,6 +219,25 @@ async function renderOverview(filters, view) {
       ["Models", (r) => Object.keys(r.models).join(", ")],
     ], recent.data))),
   );
+}
+
+/** The stored comparisons with the providers' reports, newest day first; none: no panel. */
+function billPanel(bill) {
+  const rows = bill && bill.stored ? bill.stored.slice().reverse() : [];
+  if (!rows.length) return null;
+  const pct = (r) => (r.difference_pct === null ? "–" : `${r.difference_pct.toFixed(2)} %`);
+  const flags = (r) => [r.final ? "final" : "open", r.bypass ? "bypass" : "",
+    r.unpriced_requests ? `${fmt.int(r.unpriced_requests)} unpriced` : "",
+    r.alerted ? "alerted" : ""].filter(Boolean).join(" · ");
+  return panel("provider-bill", "Provider's bill (reconciliation)", table([
+    ["Provider", (r) => r.provider, "key"],
+    ["Day", (r) => r.bucket_start.slice(0, 10)],
+    ["Billed", (r) => fmt.usd(r.billed_cost_usd), "num"],
+    ["Metered", (r) => fmt.usd(r.metered_cost_usd), "num"],
+    ["Difference", pct, "num"],
+    ["By", (r) => (r.measure === "cost_usd" ? "cost" : "tokens")],
+    ["", flags],
+  ], rows, { id: "bill-table" }));
 }
 
 async function renderSession(id, filters, view) {
