@@ -112,6 +112,8 @@ class ReconcileJob:
                         await self.run_round(provider, now)
                 except DATABASE_ERRORS as exc:
                     log.warning("reconciliation of %s skipped: database: %s", provider, exc)
+                except Exception:  # the job's boundary: a bug must not end the rounds
+                    log.exception("reconciliation of %s failed", provider)
             await asyncio.sleep(self.tick)
 
     async def run_round(self, provider: Provider, now: datetime) -> int:
