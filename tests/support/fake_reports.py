@@ -205,12 +205,14 @@ class FakeReports:
         self, start: datetime, end: datetime | None, width: str, items: list[Traffic]
     ) -> list[tuple[datetime, list[Traffic]]]:
         step = _WIDTHS[width]
-        first = _floor(start, width)
-        last = end or datetime.now(UTC)
+        by_bucket: dict[datetime, list[Traffic]] = {}
+        for t in items:
+            by_bucket.setdefault(_floor(t.at, width), []).append(t)
         buckets = []
-        moment = first
+        moment = _floor(start, width)
+        last = end or datetime.now(UTC)
         while moment < last:
-            buckets.append((moment, [t for t in items if moment <= t.at < moment + step]))
+            buckets.append((moment, by_bucket.get(moment, [])))
             moment += step
         return buckets
 
@@ -260,7 +262,9 @@ def _error(
 def _floor(moment: datetime, width: str) -> datetime:
     if width == "1d":
         return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    return moment.replace(minute=0, second=0, microsecond=0)
+    if width == "1h":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(second=0, microsecond=0)
 
 
 def _rfc(text: str) -> datetime:
