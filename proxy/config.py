@@ -285,6 +285,15 @@ class ReconcileProvider(_Section):
             raise ValueError("must start with http:// or https://, e.g. https://api.openai.com")
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _not_in_the_file(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            raise ValueError(
+                "an admin key is not written into the config: name its variable in api_key_env"
+            )
+        return value
+
 
 class ReconcileSettings(_Section):
     """Reconciliation with the providers' usage and cost reports (``tallyproxy reconcile``,

@@ -35,10 +35,12 @@ def test_the_admin_key_comes_from_its_variable_and_is_never_shown() -> None:
         ({("reconcile", "providers"): {"gemini": {"api_key_env": "X"}}}, {"X": "y"},
          "reconcile.providers.gemini"),
         ({("reconcile", "interval"): 5}, {}, "reconcile.interval"),
+        (_overrides(api_key=ADMIN_KEY), {"OPENAI_ADMIN_KEY": ADMIN_KEY}, "name its variable"),
     ],
 )  # fmt: skip
 def test_mistakes_name_the_key(
     overrides: dict[tuple[str, ...], Any], environ: dict[str, str], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         load_settings(None, overrides, environ=environ)
+    assert ADMIN_KEY not in str(caught.value)
