@@ -8,7 +8,8 @@ into the buckets asked for (``bucket_width``, every bucket of the range, empty o
 grouped as asked, ``page_size`` buckets a page with a ``next_page`` cursor.
 
 ``fail_next`` holds answers given before the real ones, one per call: ``(429, {"retry-after":
-"1"})``, ``(500, {})``, ``("malformed", {})``. A wrong admin key gets the provider's 401.
+"1"})``, ``(500, {})``, ``("malformed", {})``. A wrong admin key gets the provider's 401,
+a path in ``refused_paths`` a 403.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class FakeReports:
     page_size: int | None = None
     fail_next: list[tuple[int | str, dict[str, str]]] = field(default_factory=list)
     calls: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    refused_paths: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> web.Application:
@@ -74,6 +76,8 @@ class FakeReports:
             )
         if not authorized:
             return _error(provider, 401, "invalid admin key")
+        if request.path in self.refused_paths:
+            return _error(provider, 403, "this admin key may not read this report")
         if failure is None:
             return None
         status, headers = failure
