@@ -29,6 +29,7 @@ from proxy.api.drift import drift_router
 from proxy.api.metrics import metrics_router
 from proxy.api.missing_v1 import missing_v1_router
 from proxy.api.prices import prices_router
+from proxy.api.reconciliation import reconciliation_router
 from proxy.api.unavailable import install_database_error_handler
 from proxy.api.usage import usage_router
 from proxy.config import Settings
@@ -39,6 +40,7 @@ from proxy.jobs import BackgroundJobs
 from proxy.metering import meter_batch
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook
+from proxy.reconcile.job import ReconcileJob
 from proxy.records import Exchange, RequestRecord
 from proxy.requestlog import logging_records
 from proxy.session_costs import SessionCosts
@@ -164,6 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Anomaly detection and the daily digest, when configured: off the request path.
         jobs = BackgroundJobs(settings, engine)
         jobs.start()
+        reconcile_job = _reconcile_job(settings, engine)
         # What start-up built (price data, routes, pools) lives as long as the process: moved
         # out of the collector's sight, old-generation collections stop scanning it per pause.
         gc.collect()
@@ -173,6 +176,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await jobs.stop()
             await app.state.budgets.stop()
+            if reconcile_job is not None:
+                await reconcile_job.stop()
             await partition_keeper.stop()
             await schema.stop()
             await client.aclose()
@@ -196,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(budgets_router(dependencies=reader))
     app.include_router(anomalies_router(dependencies=reader))
     app.include_router(admin_router(dependencies=guard))
+    app.include_router(reconciliation_router(dependencies=guard))
     app.include_router(prices_router(dependencies=guard))
     app.include_router(metrics_router(dependencies=guard))
     app.include_router(drift_router(dependencies=guard))
@@ -332,6 +338,15 @@ def _alerter(settings: Settings, store: BudgetStore) -> Alerter | None:
         retry_seconds=alerts.retry_seconds,
         forecast_hours=alerts.forecast_hours,
     )
+
+
+def _reconcile_job(settings: Settings, engine: AsyncEngine) -> ReconcileJob | None:
+    """The periodic reconciliation, started, when an interval and a provider are configured."""
+    if settings.reconcile.interval is None or not settings.reconcile.providers:
+        return None
+    job = ReconcileJob(settings, engine)
+    job.start()
+    return job
 
 
 def _logging_records(settings: Settings, prepare: Prepare) -> Prepare:

@@ -14,6 +14,7 @@ from proxy.commands import (
     keys,
     migrate,
     prune,
+    reconcile,
     report,
     reprice,
     rollups,
@@ -23,7 +24,7 @@ from proxy.commands.common import database_trouble, missing_sqlite_file
 from proxy.config import ConfigError, load_settings
 from proxy.logs import configure_logging
 
-COMMANDS = (serve, migrate, reprice, report, prune, rollups, keys, budgets, digest)
+COMMANDS = (serve, migrate, reprice, report, prune, rollups, keys, budgets, digest, reconcile)
 # The commands that may create the database: the others refuse a SQLite file not there yet.
 CREATING = ("serve", "migrate")
 

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -410,6 +411,55 @@ def _window_hours(value: str) -> int | None:
     return None
 
 
+class HeldKey(_Section):
+    """A provider key tallyproxy holds: the provider's id of it (OpenAI ``key_...``,
+    Anthropic ``apikey_...``) and the upstream whose ``api_key`` it is."""
+
+    api_key_id: str = Field(min_length=1)
+    upstream: str = Field(min_length=1)
+
+
+class ReconcileProvider(_Section):
+    """One provider's admin reports: the admin key's environment variable (the key is read
+    from it at start, never written to the config, a record or a log), the API root, and the
+    keys tallyproxy holds, whose traffic beyond the proxy's records is bypass."""
+
+    api_key_env: str = Field(min_length=1)
+    url: str | None = None
+    keys: tuple[HeldKey, ...] = ()
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, e.g. https://api.openai.com")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _not_in_the_file(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            raise ValueError(
+                "an admin key is not written into the config: name its variable in api_key_env"
+            )
+        return value
+
+
+class ReconcileSettings(_Section):
+    """Reconciliation with the providers' usage and cost reports (``tallyproxy reconcile``,
+    ``GET /usage/reconciliation``); with ``interval`` a periodic job stores each comparison
+    and alerts (the budget alerts' webhook) when a closed day differs by ``alert_pct``."""
+
+    providers: dict[Literal["openai", "anthropic"], ReconcileProvider] = Field(default_factory=dict)
+    interval: float | None = Field(default=None, ge=60, le=7 * 86400)
+    alert_pct: Decimal = Field(default=Decimal(10), gt=0, le=1000)
+    bucket_width: Literal["1d", "1h"] = "1d"
+    lookback_days: int = Field(default=7, ge=1, le=90)
+    # A bucket is final this long after it ends: the providers' reports settle late.
+    settle_hours: float = Field(default=6.0, ge=0, le=240)
+
+
 class LoggingSettings(_Section):
     """The access log (a line per request, ``tallyproxy.access``) and how lines look."""
 
@@ -456,6 +506,7 @@ class Settings(_Section):
     anomalies: AnomalySettings = AnomalySettings()
     logging: LoggingSettings = LoggingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     prices: tuple[PriceOverride, ...] = ()
     tokenizers: tuple[TokenizerRule, ...] = ()
     admin_token: str | None = None
@@ -464,6 +515,18 @@ class Settings(_Section):
     def routes(self) -> tuple[UpstreamSettings, ...]:
         """The upstreams requests are routed over, in order."""
         return self.upstreams or (self.upstream,)
+
+    @model_validator(mode="after")
+    def _held_keys_name_upstreams(self) -> Settings:
+        names = {route.name for route in self.routes}
+        for provider, section in self.reconcile.providers.items():
+            for i, key in enumerate(section.keys):
+                if key.upstream not in names:
+                    raise ValueError(
+                        f"reconcile.providers.{provider}.keys.{i}.upstream: no upstream is "
+                        f"named {key.upstream!r} (upstreams: {', '.join(sorted(names))})"
+                    )
+        return self
 
 
 ENV_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -542,8 +605,19 @@ def _with_keys_from_env(settings: Settings, env: Mapping[str, str]) -> Settings:
             )
         return upstream.model_copy(update={"api_key": value})
 
+    admin_keys = {}
+    for provider, section in settings.reconcile.providers.items():
+        value = env.get(section.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"config key 'reconcile.providers.{provider}.api_key_env': environment "
+                f"variable {section.api_key_env} is not set (it holds the admin key)"
+            )
+        admin_keys[provider] = section.model_copy(update={"api_key": SecretStr(value)})
+    reconcile = settings.reconcile.model_copy(update={"providers": admin_keys})
     return settings.model_copy(
         update={
+            "reconcile": reconcile,
             "upstream": resolved(settings.upstream, "upstream"),
             "upstreams": tuple(
                 resolved(u, f"upstreams.{i}") for i, u in enumerate(settings.upstreams)

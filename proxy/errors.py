@@ -17,7 +17,8 @@
     ├── UpstreamPoolExhausted       503: the proxy's own pool for the upstream stayed full
     └── UpstreamError               5xx: the provider could not be reached or answered badly
         ├── UpstreamUnreachable     502
-        └── UpstreamTimeout         504
+        ├── UpstreamTimeout         504
+        └── ProviderReportFailed    502: a provider's usage or cost report could not be read
 
 Errors the upstream returns itself are not TallyErrors: they are forwarded unchanged.
 Requests to Gemini's native API get them in Google's shape, so its SDKs raise as usual.
@@ -137,6 +138,12 @@ class UpstreamUnreachable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+
+
+class ProviderReportFailed(UpstreamError):
+    """Reconciliation: the provider refused the admin key, was down or sent a bad page."""
+
+    code = "provider_report_failed"
 
 
 def error_body(

@@ -68,6 +68,7 @@ CUBES: Final = (
     Cube("endpoint", ("endpoint",)),
     Cube("upstream", ("upstream",)),
     Cube("key", ("key_id",)),
+    Cube("upstream_model", ("upstream", "model"), _BOTH),
     Cube("property", (PROPERTY,), _BOTH),
     Cube("user", ("user_id",), _BOTH),
     Cube("session", ("session_id",), _BOTH),
@@ -85,6 +86,8 @@ subtracts from one another and so must read at the same grain.
 Model by user is kept per day only: per hour, 1,000 users and 20 models make nearly a cell
 per record, which would cost the writer as much again as the records, for a view whose
 partial days the records of the edges answer well enough (see ``proxy.store.rollup_reads``).
+Upstream by model (a few dozen cells a day) is what a reconciliation with a provider's
+report reads: that provider's upstreams, per model, per day or hour.
 Combinations no cube holds (a virtual key with a model, an endpoint with a user, ...) are
 selective filters: they are summed from the records, through their indexes.
 """

@@ -320,3 +320,40 @@ anomalies = Table(
     UniqueConstraint("kind", "subject", "window_start"),
     Index(None, "detected_at"),
 )
+
+reconciliations = Table(
+    "reconciliations",
+    metadata,
+    # One row per provider, bucket width and bucket: the newest comparison of that bucket
+    # with the provider's report; ``final`` once the bucket is closed (its report settled),
+    # when ``billed_cost_usd`` is the provider's cost for it, beside the metered one.
+    Column("provider", String(32), nullable=False),
+    Column("bucket_width", String(4), nullable=False),
+    Column("bucket_start", UTCDateTime(), nullable=False),
+    Column("bucket_end", UTCDateTime(), nullable=False),
+    Column("final", Boolean, nullable=False),
+    Column("computed_at", UTCDateTime(), nullable=False),
+    Column("measure", String(16), nullable=False),  # what difference_pct compares
+    Column("difference_pct", Float),
+    Column("billed_cost_usd", Money()),
+    Column("metered_cost_usd", Money()),
+    Column("unpriced_requests", BigInteger, nullable=False),
+    Column("bypass", Boolean, nullable=False),
+    # The bucket's totals and its rows (model, key), as the API renders them.
+    Column("comparison", JSON, nullable=False),
+    # Set by the replica that claimed the alert for this bucket (once).
+    Column("alerted_at", UTCDateTime()),
+    PrimaryKeyConstraint("provider", "bucket_width", "bucket_start"),
+)
+
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    # When each provider's periodic reconciliation is next due: the replica whose update
+    # moves ``due_at`` on runs it, so one replica runs each round.
+    Column("provider", String(32), primary_key=True),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    Column("last_error", Text),
+)

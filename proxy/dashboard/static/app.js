@@ -144,13 +144,16 @@ async function renderOverview(filters, view) {
   const params = apiParams(filters);
   const grain = bucketGrain(filters);
   const summary = (group_by, limit) => getJson("../usage/summary", { ...params, group_by, limit });
-  const [series, models, users, sessions, recent, anomalies] = await Promise.all([
+  const [series, models, users, sessions, recent, anomalies, bill] = await Promise.all([
     summary(grain),
     summary("model", TOP),
     summary("user", TOP),
     summary("session", TOP),
     getJson("../usage/sessions", { ...params, limit: 20 }),
     loadAnomalies(params.since, params.until),
+    // Admin only, and only once the reconciliation job has stored something: else no panel.
+    getJson("../usage/reconciliation", { stored: "true", since: params.since, until: params.until })
+      .catch(() => null),
   ]);
   const flagged = anomalyIndex(anomalies);
   const rows = series.data;
@@ -214,6 +217,7 @@ async function renderOverview(filters, view) {
         models.data, (r) => keyText(r.key, h("span", { class: "muted" }, "(no model)"))),
       topTable("top-users", "User", users.data, (r) => userLink(r.key)),
       topTable("top-sessions", "Session", sessions.data, (r) => sessionLink(r.key))),
+    billPanel(bill),
     panel("recent-sessions", "Recent sessions", orEmpty(recent.data, table([
       ["Session", (r) => sessionLink(r.session_id), "key"],
       ["User", (r) => keyText(r.user_id, "–")],
@@ -239,6 +243,25 @@ function treeNode(node, depth) {
   return h("details", { class: "node", "data-path": node.path, open: depth < 1 },
     h("summary", {}, line),
     ...node.children.map((child) => treeNode(child, depth + 1)));
+}
+
+/** The stored comparisons with the providers' reports, newest day first; none: no panel. */
+function billPanel(bill) {
+  const rows = bill && bill.stored ? bill.stored.slice().reverse() : [];
+  if (!rows.length) return null;
+  const pct = (r) => (r.difference_pct === null ? "–" : `${r.difference_pct.toFixed(2)} %`);
+  const flags = (r) => [r.final ? "final" : "open", r.bypass ? "bypass" : "",
+    r.unpriced_requests ? `${fmt.int(r.unpriced_requests)} unpriced` : "",
+    r.alerted ? "alerted" : ""].filter(Boolean).join(" · ");
+  return panel("provider-bill", "Provider's bill (reconciliation)", table([
+    ["Provider", (r) => r.provider, "key"],
+    ["Day", (r) => r.bucket_start.slice(0, 10)],
+    ["Billed", (r) => fmt.usd(r.billed_cost_usd), "num"],
+    ["Metered", (r) => fmt.usd(r.metered_cost_usd), "num"],
+    ["Difference", pct, "num"],
+    ["By", (r) => (r.measure === "cost_usd" ? "cost" : "tokens")],
+    ["", flags],
+  ], rows, { id: "bill-table" }));
 }
 
 async function renderSession(id, filters, view) {
