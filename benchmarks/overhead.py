@@ -58,6 +58,8 @@ class Result:
     p99_ms: float
     errors: int
     cpu_seconds: float = 0.0
+    export_cpu_seconds: float = 0.0
+    """Of ``cpu_seconds``, what the OTLP export process spent (``--otlp``)."""
 
     @property
     def rps(self) -> float:
@@ -183,15 +185,38 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
+def export_processes(pid: int) -> list[int]:
+    """The proxy's OTLP export process (started with multiprocessing's spawn), if any."""
+    found = []
     for member in process_tree(pid):
+        try:
+            if b"multiprocessing.spawn" in Path(f"/proc/{member}/cmdline").read_bytes():
+                found.append(member)
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(pid: int, members: list[int] | None = None) -> float:
+    total = 0
+    for member in process_tree(pid) if members is None else members:
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def memory_mb(pid: int, key: str) -> float:
@@ -318,12 +343,16 @@ def run_load(
     session: str, measured_pid: int | None,
 ) -> Result:  # fmt: skip
     cpu_before = cpu_seconds(measured_pid) if measured_pid else 0.0
+    exporters = export_processes(measured_pid) if measured_pid else []
+    export_before = cpu_seconds(0, exporters) if exporters else 0.0
     if use_wrk:
         result = run_wrk(tmp, port, body, seconds, connections, session)
     else:
         result = asyncio.run(_python_load(port, body, seconds, connections, session))
     if measured_pid:
         result.cpu_seconds = cpu_seconds(measured_pid) - cpu_before
+    if exporters:
+        result.export_cpu_seconds = cpu_seconds(0, exporters) - export_before
     return result
 
 
@@ -493,6 +522,12 @@ def main() -> int:
                         f"{result.p50_ms:8.2f} {result.p99_ms:8.2f} {result.cpu_ms:10.3f}"
                         f"{extra}{errors}"
                     )
+                if proxied.export_cpu_seconds:
+                    share = proxied.export_cpu_seconds / max(1, proxied.requests) * 1000
+                    print(
+                        f"{'':22} of the CPU: OTLP export process {share:.3f} ms/req, "
+                        f"proxy {proxied.cpu_ms - share:.3f} ms/req"
+                    )
                 if spy is not None:
                     spy.wait()
                     print_profile(samples, f"{kind} c={connections}")
@@ -509,6 +544,10 @@ def main() -> int:
         print(
             f"proxy memory: RSS {memory_mb(proxy.pid, 'VmRSS'):.0f} MB, "
             f"peak {memory_mb(proxy.pid, 'VmHWM'):.0f} MB (all workers)"
+            + "".join(
+                f"; of which the OTLP export process {_rss_mb(member):.0f} MB"
+                for member in export_processes(proxy.pid)
+            )
         )
         if sink is not None:
             time.sleep(2)  # the export's last batches

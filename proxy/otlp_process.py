@@ -20,8 +20,8 @@ import pickle
 import queue
 import signal
 import threading
+from ctypes import c_longlong
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 from proxy.config import Settings
@@ -29,6 +29,8 @@ from proxy.records import RequestRecord
 
 log = logging.getLogger(__name__)
 
+Counter = c_longlong
+"""A count in shared memory, written by the child and read by the proxy."""
 _STOP: list[RequestRecord] = []
 _PUBLISH_SECONDS = 0.25
 _END = b""
@@ -49,8 +51,9 @@ class OtlpProcess:
         self._lock = threading.Lock()
         self._queued = 0
         self._dropped_here = 0
-        self._exported: Synchronized[int] = self._context.Value("q", 0)
-        self._dropped: Synchronized[int] = self._context.Value("q", 0)
+        # One writer each (the child), no lock: a semaphore would outlive a killed proxy.
+        self._exported: Counter = self._context.RawValue("q", 0)
+        self._dropped: Counter = self._context.RawValue("q", 0)
         self._pipe: Connection | None = None
         self._child: Any = None
         self._thread = threading.Thread(target=self._send, name="tallyproxy-otlp", daemon=True)
@@ -128,8 +131,8 @@ class OtlpProcess:
 def child_main(
     settings: Settings,
     pipe: Connection,
-    exported: Synchronized[int],
-    dropped: Synchronized[int],
+    exported: Counter,
+    dropped: Counter,
 ) -> None:
     """The child: batches from the pipe into the SDK's export, until the end or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -155,7 +158,7 @@ def child_main(
         _publish(export, exported, dropped)
 
 
-def _publish(export: Any, exported: Synchronized[int], dropped: Synchronized[int]) -> None:
+def _publish(export: Any, exported: Counter, dropped: Counter) -> None:
     stats = export.stats()
     exported.value = stats["exported_spans"]
     dropped.value = stats["dropped_spans"]
