@@ -4,7 +4,7 @@ Each replica checks the budgets it caches in the background; whichever inserts t
 ``budget_alerts`` row for (budget, period, threshold) first sends it, so replicas never send
 one alert twice. The body is signed with HMAC-SHA256 and the shared secret
 (``X-Tally-Signature: sha256=<hex>``, ``proxy.signing``); failed deliveries are retried
-with doubling waits.
+with doubling waits (``proxy.webhooks``).
 """
 
 from __future__ import annotations
@@ -16,21 +16,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import orjson
 
-from proxy.signing import SIGNATURE_HEADER, sign
 from proxy.spend.forecast import within
 from proxy.spend.view import budget_json, forecast
 from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.budgets import BudgetStore
 from proxy.timestamps import iso_utc
+from proxy.webhooks import Webhook
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SIGNATURE_HEADER", "Alerter", "alert_body", "crossed", "sign"]
-
-DELIVERY_TIMEOUT = 10.0
 FORECAST_ALERT = 0
 """The threshold under which a forecast alert is claimed: thresholds proper are 1-1000 %."""
 
@@ -83,12 +79,8 @@ class Alerter:
         forecast_hours: float | None = None,
     ) -> None:
         self.store = store
-        self.url = url
-        self.secret = secret
-        self.max_attempts = max_attempts
-        self.retry_seconds = retry_seconds
         self.forecast_hours = forecast_hours
-        self._session: aiohttp.ClientSession | None = None
+        self._webhook = Webhook(url, secret, max_attempts=max_attempts, retry_seconds=retry_seconds)
         self._deliveries: set[asyncio.Task[None]] = set()
 
     async def check(self, now: datetime) -> int:
@@ -123,50 +115,18 @@ class Alerter:
         return 1
 
     async def _deliver(self, status: dict[str, Any], threshold: int, now: datetime) -> None:
-        body = alert_body(status, threshold, now)
-        headers = {"content-type": "application/json"}
-        if self.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.secret, body)
-        wait = self.retry_seconds
-        for attempt in range(1, self.max_attempts + 1):
-            problem = await self._post(body, headers)
-            if problem is None:
-                log.info("budget alert sent: %s %s", status["name"], _what(threshold))
-                try:
-                    await self.store.mark_delivered(status["id"], status["period_start"], threshold)
-                except DATABASE_ERRORS as exc:
-                    # Sent, and claimed, so never sent twice; only the delivery time is lost.
-                    log.warning("budget alert delivery not recorded: %s", exc)
-                return
-            if attempt < self.max_attempts:
-                log.warning(
-                    "budget alert for %s %s not delivered (%s); retrying in %.1fs",
-                    status["name"], _what(threshold), problem, wait,
-                )  # fmt: skip
-                await asyncio.sleep(wait)
-                wait *= 2
-        log.error(
-            "budget alert for %s %s given up after %d attempts",
-            status["name"], _what(threshold), self.max_attempts,
-        )  # fmt: skip
-
-    async def _post(self, body: bytes, headers: dict[str, str]) -> str | None:
-        """None once the receiver answered 2xx; else what went wrong."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT)
-            )
+        what = f"budget alert for {status['name']} {_what(threshold)}"
+        if not await self._webhook.deliver(alert_body(status, threshold, now), what):
+            return
         try:
-            async with self._session.post(self.url, data=body, headers=headers) as response:
-                await response.read()
-                return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            await self.store.mark_delivered(status["id"], status["period_start"], threshold)
+        except DATABASE_ERRORS as exc:
+            # Sent, and claimed, so never sent twice; only the delivery time is lost.
+            log.warning("budget alert delivery not recorded: %s", exc)
 
     async def close(self) -> None:
         """Stop deliveries still retrying and close the HTTP session."""
         for task in list(self._deliveries):
             task.cancel()
         await asyncio.gather(*self._deliveries, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        await self._webhook.close()

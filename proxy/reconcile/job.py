@@ -17,11 +17,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.access.alerts import DELIVERY_TIMEOUT, SIGNATURE_HEADER, sign
 from proxy.config import Settings
 from proxy.reconcile.compare import BucketTotals, Reconciliation, alerting
 from proxy.reconcile.render import bucket_json, iso, row_json
@@ -29,6 +27,7 @@ from proxy.reconcile.reports import Provider, ReportError
 from proxy.reconcile.run import reconcile
 from proxy.store.availability import DATABASE_ERRORS
 from proxy.store.reconciliations import ReconciliationStore
+from proxy.webhooks import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class ReconcileJob:
         self.interval = timedelta(seconds=interval)
         self.tick = min(TICK_SECONDS, interval)
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._webhook: Webhook | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="reconcile")
@@ -100,8 +99,8 @@ class ReconcileJob:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._session is not None:
-            await self._session.close()
+        if self._webhook is not None:
+            await self._webhook.close()
 
     async def _loop(self) -> None:
         while True:
@@ -143,31 +142,11 @@ class ReconcileJob:
         alerts = self.settings.alerts
         if alerts.webhook_url is None:
             return 0
-        headers = {"content-type": "application/json"}
-        if alerts.webhook_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(alerts.webhook_secret, body)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT)
+        if self._webhook is None:
+            self._webhook = Webhook(
+                alerts.webhook_url,
+                alerts.webhook_secret,
+                max_attempts=alerts.max_attempts,
+                retry_seconds=alerts.retry_seconds,
             )
-        wait = alerts.retry_seconds
-        for attempt in range(1, alerts.max_attempts + 1):
-            problem = await _post(self._session, alerts.webhook_url, body, headers)
-            if problem is None:
-                return 1
-            log.warning("reconciliation alert not delivered (%s), attempt %d", problem, attempt)
-            if attempt < alerts.max_attempts:
-                await asyncio.sleep(wait)
-                wait *= 2
-        return 0
-
-
-async def _post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
-) -> str | None:
-    try:
-        async with session.post(url, data=body, headers=headers) as response:
-            await response.read()
-            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return int(await self._webhook.deliver(body, "reconciliation alert"))

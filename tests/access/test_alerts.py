@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.access.alerts import crossed, sign
+from proxy.access.alerts import crossed
+from proxy.signing import sign
 from tests.access.conftest import ADMIN, ADMIN_TOKEN, UPSTREAM_KEY
 from tests.access.test_budgets_e2e import MESSAGES, MODEL, PRICES
 from tests.e2e.conftest import proxy_settings, start_proxy
