@@ -61,13 +61,35 @@ def response_model_of(payload: Mapping[str, Any]) -> str | None:
 def is_usage_only_chunk(event: Mapping[str, Any]) -> bool:
     """Tell whether a chat/completions stream chunk is the extra one that only carries usage.
 
-    That chunk (``choices: []`` and a non-null ``usage``) is what ``stream_options.include_usage``
-    adds; the proxy drops it when it asked for usage on the client's behalf.
+    That chunk (a non-null ``usage``, ``choices: []``) is what ``stream_options.include_usage``
+    adds; the proxy drops it when it asked for usage on the client's behalf. LiteLLM's proxy
+    (and servers built like it) send it with one empty choice instead, after the
+    ``finish_reason`` chunk: ``"choices": [{"index": 0, "delta": {}}]``. Choices that say
+    nothing (no text, no delta content, no finish reason, no logprobs) count as none.
     """
-    if not isinstance(event, Mapping):
+    if not isinstance(event, Mapping) or not isinstance(event.get("usage"), Mapping):
         return False
     choices = event.get("choices")
-    return isinstance(choices, list) and not choices and isinstance(event.get("usage"), Mapping)
+    return isinstance(choices, list) and all(_says_nothing(choice) for choice in choices)
+
+
+def _says_nothing(choice: object) -> bool:
+    """A stream choice without content: every field but ``index`` empty or null."""
+    if not isinstance(choice, Mapping):
+        return False
+    for name, value in choice.items():
+        if name == "index":
+            continue
+        if name == "delta" and isinstance(value, Mapping):
+            if any(_carries(item) for item in value.values()):
+                return False
+        elif _carries(value):
+            return False
+    return True
+
+
+def _carries(value: object) -> bool:
+    return value is not None and value != "" and value != [] and value != {}
 
 
 class StreamAccumulator:

@@ -127,6 +127,21 @@ STREAMS: dict[str, StreamExpectation] = {
     "compat/llamacpp_stream_usage_on_finish_chunk.sse": StreamExpectation(
         Usage(21, 4, 25), "LiquidAI/LFM2-1.2B", "A good example?"
     ),
+    "compat/litellm_stream.sse": StreamExpectation(
+        None, "gpt-4o-mini-2024-07-18", "Hello! How can I help you today?"
+    ),
+    "compat/litellm_stream_include_usage.sse": StreamExpectation(
+        Usage(12, 10, 22),
+        "gpt-4o-mini-2024-07-18",
+        "Hello! How can I help you today?",
+        usage_only_chunks=1,
+    ),
+    "compat/json_spacing_stream.sse": StreamExpectation(
+        None, "Qwen/Qwen2.5-7B-Instruct", "Paris is the capital."
+    ),
+    "compat/json_spacing_stream_include_usage.sse": StreamExpectation(
+        Usage(14, 6, 20), "Qwen/Qwen2.5-7B-Instruct", "Paris is the capital.", usage_only_chunks=1
+    ),
     "compat/llama_cpp_python_stream_crlf.sse": StreamExpectation(
         None, "models/mistral-7b-instruct-v0.2.Q4_K_M.gguf", "Paris."
     ),
@@ -306,7 +321,47 @@ def test_non_mapping_payload_gives_none() -> None:
         ({"choices": [], "usage": {"prompt_tokens": 1}}, True),
         ({"choices": [], "usage": None}, False),
         ({"choices": []}, False),
-        ({"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 1}}, False),
+        # LiteLLM's proxy: one empty choice after the finish_reason chunk.
+        ({"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 1}}, True),
+        (
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"content": None, "role": None},
+                        "finish_reason": None,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 1},
+            },
+            True,
+        ),
+        ({"choices": [{"index": 0, "text": ""}], "usage": {"prompt_tokens": 1}}, True),
+        # Usage on the finish chunk (llama.cpp) or on a content chunk (vLLM's continuous
+        # stats) rides on a chunk the client must still get.
+        (
+            {
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1},
+            },
+            False,
+        ),
+        (
+            {"choices": [{"index": 0, "delta": {"content": "Hi"}}], "usage": {"prompt_tokens": 1}},
+            False,
+        ),
+        (
+            {
+                "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+                "usage": {"prompt_tokens": 1},
+            },
+            False,
+        ),
+        ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}], "usage": {}}, False),
+        ({"choices": [{"index": 0, "delta": {}, "logprobs": {"content": []}}], "usage": {}}, False),
+        ({"choices": [{"index": 0, "delta": {}}], "usage": None}, False),
+        ({"choices": ["x"], "usage": {"prompt_tokens": 1}}, False),
         ({"choices": None, "usage": {"prompt_tokens": 1}}, False),
         ({"type": "message_delta", "usage": {"output_tokens": 3}}, False),
     ],
