@@ -14,7 +14,9 @@ class Usage:
     """Token counts of one request, as a provider reports them or as estimated locally.
 
     ``prompt_tokens`` includes cached and cache-creation tokens; ``completion_tokens`` includes
-    reasoning and audio output tokens.
+    reasoning and audio output tokens. ``repaired``: the provider's total was smaller than its
+    prompt and completion (LiteLLM's mock embeddings answer ``total_tokens: 0``), and
+    ``total_tokens`` is their sum instead.
     """
 
     prompt_tokens: int = 0
@@ -25,6 +27,7 @@ class Usage:
     reasoning_tokens: int = 0
     prompt_audio_tokens: int = 0
     completion_audio_tokens: int = 0
+    repaired: bool = False
 
 
 def usage_from_payload(payload: Mapping[str, Any]) -> Usage | None:
@@ -275,6 +278,20 @@ def _detail(usage: Mapping[str, Any], details_key: str, key: str) -> int | None:
     return None
 
 
+def _total(prompt: int, completion: int, reported: int | None) -> tuple[int, bool]:
+    """The total to record, and whether the provider's was replaced by the sum of its parts.
+
+    Missing, it is the sum. Smaller than the sum it cannot be right (a total of 0 beside
+    counted tokens); a larger one is kept, as it may count what tallyproxy does not split out.
+    """
+    parts = prompt + completion
+    if reported is None:
+        return parts, False
+    if reported < parts:
+        return parts, True
+    return reported, False
+
+
 def _usage_by_shape(usage: Mapping[str, Any]) -> Usage | None:
     """Pick the dialect of a bare ``usage`` object from its keys."""
     if "prompt_tokens" in usage or "completion_tokens" in usage:
@@ -299,14 +316,16 @@ def _chat_usage(usage: Mapping[str, Any]) -> Usage | None:
     if cached is None:
         # DeepSeek reports its context cache at the top level instead.
         cached = _count(usage.get("prompt_cache_hit_tokens"))
+    total, repaired = _total(prompt, completion, total)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else total,
+        total_tokens=total,
         cached_tokens=cached or 0,
         reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens") or 0,
         prompt_audio_tokens=_detail(usage, "prompt_tokens_details", "audio_tokens") or 0,
         completion_audio_tokens=_detail(usage, "completion_tokens_details", "audio_tokens") or 0,
+        repaired=repaired,
     )
 
 
@@ -319,12 +338,14 @@ def _responses_usage(usage: Mapping[str, Any]) -> Usage | None:
         return None
     prompt = prompt or 0
     completion = completion or 0
+    total, repaired = _total(prompt, completion, total)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else total,
+        total_tokens=total,
         cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens") or 0,
         reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens") or 0,
+        repaired=repaired,
     )
 
 
@@ -369,14 +390,16 @@ def gemini_usage(metadata: Mapping[str, Any]) -> Usage | None:
     audio_in = _modality(metadata, "promptTokensDetails", "AUDIO") + _modality(
         metadata, "toolUsePromptTokensDetails", "AUDIO"
     )
+    total, repaired = _total(prompt, completion, total)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else total,
+        total_tokens=total,
         cached_tokens=_count(metadata.get("cachedContentTokenCount")) or 0,
         reasoning_tokens=thoughts or 0,
         prompt_audio_tokens=max(audio_in - _modality(metadata, "cacheTokensDetails", "AUDIO"), 0),
         completion_audio_tokens=_modality(metadata, "candidatesTokensDetails", "AUDIO"),
+        repaired=repaired,
     )
 
 

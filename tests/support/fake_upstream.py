@@ -81,9 +81,13 @@ class FakeUsage:
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
     tool_use_prompt_tokens: int = 0
+    reported_total: int | None = None
+    """The ``total_tokens`` to answer instead of the sum (LiteLLM's mock embeddings say 0)."""
 
     @property
     def total_tokens(self) -> int:
+        if self.reported_total is not None:
+            return self.reported_total
         return self.prompt_tokens + self.completion_tokens
 
     def gemini(self, answered: float = 1.0) -> dict[str, Any]:
@@ -129,7 +133,8 @@ class FakeUsage:
         }
 
     def embeddings(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+        total = self.prompt_tokens if self.reported_total is None else self.reported_total
+        return {"prompt_tokens": self.prompt_tokens, "total_tokens": total}
 
     def responses(self) -> dict[str, Any]:
         """Responses API ``usage``."""

@@ -50,6 +50,8 @@ BODIES: dict[str, Usage] = {
     "compat/deepseek_chat_cache_hit.json": Usage(1530, 203, 1733, cached_tokens=1408),
     "compat/vllm_chat_completion.json": Usage(42, 8, 50),
     "compat/ollama_chat_completion.json": Usage(33, 67, 100),
+    # total_tokens 0 beside 5 prompt tokens: recorded as their sum, flagged.
+    "compat/litellm_mock_embeddings.json": Usage(5, 0, 5, repaired=True),
 }
 
 NANO_TEXT = (
@@ -281,6 +283,47 @@ def test_no_usable_usage_gives_none(payload: dict[str, Any]) -> None:
 )
 def test_chat_usage_edge_cases(usage: dict[str, Any], expected: Usage) -> None:
     assert usage_from_payload({"object": "chat.completion", "usage": usage}) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # A total smaller than its parts is replaced by their sum, and flagged.
+        ({"usage": {"prompt_tokens": 5, "total_tokens": 0}}, Usage(5, 0, 5, repaired=True)),
+        (
+            {"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 7}},
+            Usage(7, 3, 10, repaired=True),
+        ),
+        (
+            {
+                "object": "response",
+                "usage": {"input_tokens": 4, "output_tokens": 2, "total_tokens": 0},
+            },
+            Usage(4, 2, 6, repaired=True),
+        ),
+        (
+            {
+                "usageMetadata": {
+                    "promptTokenCount": 8,
+                    "candidatesTokenCount": 2,
+                    "totalTokenCount": 0,
+                }
+            },
+            Usage(8, 2, 10, repaired=True),
+        ),
+        # A total that agrees, is missing, or is larger (it may count what is not split out)
+        # is the provider's.
+        ({"usage": {"prompt_tokens": 5, "total_tokens": 5}}, Usage(5, 0, 5)),
+        ({"usage": {"prompt_tokens": 5, "completion_tokens": 1}}, Usage(5, 1, 6)),
+        (
+            {"usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 9}},
+            Usage(5, 1, 9),
+        ),
+        ({"usage": {"total_tokens": 0}}, Usage(0, 0, 0)),
+    ],
+)
+def test_total_smaller_than_its_parts_is_repaired(payload: dict[str, Any], expected: Usage) -> None:
+    assert usage_from_payload(payload) == expected
 
 
 def test_responses_usage_without_details_or_total() -> None:
