@@ -186,7 +186,21 @@ class _Scenario:
         return name in self.names
 
 
-SCENARIOS = frozenset({"no-usage", "slow", "stall", "cut", "malformed", "gzip", "tool-calls"})
+SCENARIOS = frozenset(
+    {
+        "no-usage",
+        "slow",
+        "stall",
+        "cut",
+        "malformed",
+        "gzip",
+        "tool-calls",
+        # Chat streams as LiteLLM's proxy sends them: the usage chunk with one empty choice.
+        "litellm-usage",
+        # Chat stream chunks written by Python's json.dumps: ``, "usage": null``.
+        "spaced-json",
+    }
+)
 
 
 class _Cut(Exception):
@@ -669,10 +683,13 @@ class FakeUpstream:
         usage_field = {"usage": None} if include_usage and scenario.usage is not None else {}
         text = self.tool_arguments if tool else self.reply
 
+        def sse(body: dict[str, Any]) -> bytes:
+            return _sse(json.dumps(body).encode() if "spaced-json" in scenario else body)
+
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             body = {**base, "choices": [choice]}
-            return _sse(body | usage_field)
+            return sse(body | usage_field)
 
         for i in range(n):
             if tool:
@@ -691,11 +708,12 @@ class FakeUpstream:
         for i in range(n):
             yield chunk(i, {}, "tool_calls" if tool else "stop")
         if include_usage and scenario.usage is not None:
-            yield _sse(
+            empty = [{"index": 0, "delta": {}}] if "litellm-usage" in scenario else []
+            yield sse(
                 {
                     **base,
                     "object": "chat.completion.chunk",
-                    "choices": [],
+                    "choices": empty,
                     "usage": scenario.usage.chat(),
                 }
             )
