@@ -155,13 +155,11 @@ class Forwarder:
         raw_path: bytes | None = request.scope.get("raw_path")
         azure = azure_call(endpoint, raw_path)
         sent_path = path  # what the client named, checked whole (the deployment too)
-        raw_prefix = _prefix(endpoint)
+        raw = (raw_path, _prefix(endpoint))
         if azure is not None:
             # Served as the OpenAI operation it stands for: routed and recorded as that.
             endpoint, path = azure.endpoint, azure.operation
-            raw_path, raw_prefix = (
-                (None, b"") if azure.raw_prefix is None else (raw_path, azure.raw_prefix)
-            )
+            raw = (raw_path, azure.raw_prefix) if azure.raw_prefix else (None, b"")
         call = native_call(endpoint, path)
         native = call is not None or endpoint.startswith(NATIVE_PREFIX)
         shape: ErrorShape = "gemini" if native else "openai"
@@ -180,7 +178,7 @@ class Forwarder:
             upstream = self._route(plan.model, native)
             where = target(
                 upstream,
-                upstream_path(path, raw_path, raw_prefix),
+                upstream_path(path, *raw),
                 plan.model,
                 version_of(endpoint),
             )
