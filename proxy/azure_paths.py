@@ -42,6 +42,8 @@ class AzureCall:
 def azure_call(path: str, raw_path: bytes | None) -> AzureCall | None:
     """The call an Azure client's request ``path`` (decoded, from the root) makes, or None
     for any other path. ``raw_path`` is the path as sent (ASGI's ``raw_path``)."""
+    if not path.startswith(AZURE_PREFIX) and "/deployments/" not in path:
+        return None  # the common case, told without a regular expression
     found = _DEPLOYMENT.fullmatch(path)
     if found is not None:
         deployment, operation = found[1], found[2]
