@@ -207,7 +207,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(drift_router(dependencies=guard))
     app.include_router(dashboard_router())  # no guard: the page asks for the token itself
     app.include_router(missing_v1_router())
-    for prefix in ("/v1", "/v1beta"):  # the OpenAI API (and others), Gemini's native API
+    # The OpenAI API (and others), Gemini's native API, the Azure OpenAI client's paths.
+    for prefix in ("/v1", "/v1beta", "/openai"):
         app.router.add_route(
             prefix + "/{path:path}", _proxy, methods=PROXIED_METHODS, include_in_schema=False
         )

@@ -1,5 +1,5 @@
-"""A short way in for proxied requests: ``/v1/...`` (and Gemini's ``/v1beta/...``) goes
-straight to the forwarder.
+"""A short way in for proxied requests: ``/v1/...`` (Gemini's ``/v1beta/...``, the Azure
+OpenAI client's ``/openai/...``) goes straight to the forwarder.
 
 FastAPI's stack (error, body-limit, telemetry and exit-stack middleware, then route matching
 over every API route) cost about as much CPU as the forwarding itself; the forwarder needs
@@ -17,18 +17,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from proxy.azure_paths import AZURE_PREFIX
 from proxy.errors import error_body
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/"
 GEMINI_PREFIX = "/v1beta/"
+PREFIXES = (PREFIX, GEMINI_PREFIX, AZURE_PREFIX)
 MAX_HEADER_BYTES = 64 * 1024
 
 
 class ProxyFastPath:
-    """Wrap the app; ``/v1/<path>`` and ``/v1beta/<path>`` HTTP requests skip its middleware
-    and routing."""
+    """Wrap the app; ``/v1/<path>``, ``/v1beta/<path>`` and ``/openai/<path>`` HTTP requests
+    skip its middleware and routing."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -41,8 +43,8 @@ class ProxyFastPath:
             body = error_body(message, "invalid_request_error", code="headers_too_large")
             await JSONResponse(body, status_code=431)(scope, receive, send)
             return
-        prefix = PREFIX if path.startswith(PREFIX) else GEMINI_PREFIX
-        if scope["type"] != "http" or not path.startswith(prefix):
+        prefix = next((p for p in PREFIXES if path.startswith(p)), None)
+        if scope["type"] != "http" or prefix is None:
             nul_in = _nul_parameter(scope) if scope["type"] == "http" else None
             if nul_in is not None:
                 # No stored id or filter value holds NUL, and Postgres refuses it in a query.

@@ -18,6 +18,7 @@ from proxy.access.budgets import Budgets
 from proxy.access.gate import Gate
 from proxy.access.keys import VirtualKey
 from proxy.answer import BufferedAnswer
+from proxy.azure_paths import azure_call, without_api_version
 from proxy.body import read_body
 from proxy.config import UpstreamSettings
 from proxy.errors import (
@@ -51,6 +52,7 @@ from proxy.plan import (
     for_gemini,
     plan_request,
     upstream_headers,
+    with_deployment,
     with_model,
     with_stream_usage,
 )
@@ -155,6 +157,14 @@ class Forwarder:
         headers = request.headers.items()
         path: str = request.path_params["path"]
         query = request.scope["query_string"].decode("latin-1")
+        raw_path: bytes | None = request.scope.get("raw_path")
+        azure = azure_call(endpoint, raw_path)
+        sent_path = path  # what the client named, checked whole (the deployment too)
+        raw = (raw_path, _prefix(endpoint))
+        if azure is not None:
+            # Served as the OpenAI operation it stands for: routed and recorded as that.
+            endpoint, path = azure.endpoint, azure.operation
+            raw = (raw_path, azure.raw_prefix) if azure.raw_prefix else (None, b"")
         call = native_call(endpoint, path)
         native = call is not None or endpoint.startswith(NATIVE_PREFIX)
         shape: ErrorShape = "gemini" if native else "openai"
@@ -162,19 +172,23 @@ class Forwarder:
             headers, query = _key_from_query(headers, query)
         try:
             # Before anything else: a path that could reach another target goes nowhere.
-            check_path(path)
+            check_path(sent_path)
             body = await read_body(request, self.max_body_bytes)
             plan = plan_request(endpoint, body, request.headers.get("content-type", ""))
             if native:
                 plan = for_gemini(plan, call)
+            elif azure is not None:
+                plan = with_deployment(plan, azure.deployment)
             tags = parse_tags(headers, plan.json)
             upstream = self._route(plan.model, native)
             where = target(
                 upstream,
-                upstream_path(path, request.scope.get("raw_path"), _prefix(endpoint)),
+                upstream_path(path, *raw),
                 plan.model,
                 version_of(endpoint),
             )
+            if upstream.kind != "azure":
+                query = without_api_version(query)  # only Azure reads it
             # A virtual key is resolved here; it never reaches the upstream, whose own key
             # replaces it (upstream_headers drops every client credential header).
             admission = await self.gate.admit(headers, plan.model, upstream)

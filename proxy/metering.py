@@ -112,6 +112,7 @@ def meter(exchange: Exchange, counter: TokenCounter, prices: PriceBook) -> Reque
         properties=exchange.properties,
         usage=usage,
         usage_source=source,
+        usage_repaired=source == "provider" and usage is not None and usage.repaired,
         cost_usd=None if cost is None else cost.usd,
         price_source=None if cost is None else cost.source or None,
         price_version=None if cost is None else cost.version or None,

@@ -122,6 +122,25 @@ def for_gemini(plan: RequestPlan, call: GeminiCall | None) -> RequestPlan:
     return plan
 
 
+def with_deployment(plan: RequestPlan, deployment: str | None) -> RequestPlan:
+    """An Azure client's request: a body that names no model is for its deployment's.
+
+    The model goes into a JSON body too (an OpenAI upstream reads it from there), spliced
+    in so that every other byte stays as sent; a model the body names wins.
+    """
+    if deployment is None or plan.model is not None or not plan.model_known:
+        return plan
+    parsed = plan.json
+    if parsed is None:
+        return replace(plan, model=deployment)
+    named = {**parsed, "model": deployment}
+    if not parsed or "model" in parsed:  # no member to put a comma before, or "model": null
+        return replace(plan, body=orjson.dumps(named), json=named, model=deployment)
+    start = plan.body.index(b"{") + 1
+    body = plan.body[:start] + b'"model":' + orjson.dumps(deployment) + b"," + plan.body[start:]
+    return replace(plan, body=body, json=named, model=deployment)
+
+
 def with_stream_usage(plan: RequestPlan, endpoint: str) -> RequestPlan:
     """Ask a stream for its usage when the client did not; the extra chunk is then stripped."""
     parsed = plan.json

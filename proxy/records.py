@@ -94,6 +94,8 @@ class RequestRecord:
     properties: dict[str, str] = field(default_factory=dict)
     usage: Usage | None = None
     usage_source: UsageSource | None = None
+    # The provider's total was smaller than its parts, and replaced by their sum.
+    usage_repaired: bool = False
     cost_usd: Decimal | None = None
     price_source: str | None = None
     price_version: str | None = None

@@ -151,7 +151,8 @@ def credential_headers(
 
     The openai SDK always sends ``Authorization: Bearer``; Azure wants ``api-key``,
     Anthropic ``x-api-key`` and Gemini ``x-goog-api-key``, so a client's bearer key is moved
-    to the header the kind expects.
+    to the header the kind expects; an Azure client's ``api-key`` becomes a bearer key for
+    the others.
     """
     if headers_carry_key(upstream):
         return []  # the route's own headers carry its key; the client's never go with it
@@ -160,6 +161,9 @@ def credential_headers(
     if header is None:
         if upstream.api_key is not None:
             return [("authorization", f"Bearer {upstream.api_key}")]
+        if "authorization" not in sent and "api-key" in sent:
+            # An Azure client's key, for an upstream that takes bearer keys.
+            sent["authorization"] = f"Bearer {sent.pop('api-key')}"
         return list(sent.items())
     if upstream.api_key is not None:
         return [(header, upstream.api_key)]

@@ -21,6 +21,12 @@ from proxy.upstream_client import UpstreamHTTPError, UpstreamResponse
 from proxy.usage import StreamAccumulator, is_usage_only_chunk
 
 _USAGE_NULL = b',"usage":null'
+# The same null written with other JSON spacing (Python's json.dumps: ``, "usage": null``),
+# or as the first key: read only for events whose bytes hold "usage" but not _USAGE_NULL.
+_SPACED_USAGE_NULL = re.compile(
+    rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,'
+)
+_USAGE_NAME = b'"usage"'
 _DONE = b"data: [DONE]"
 # Anthropic's last event; its first line, which text inside the JSON data cannot fake.
 _MESSAGE_STOP = b"event: message_stop"
@@ -169,8 +175,8 @@ class StreamTee:
                 self.accumulator.feed(event, event_type)
                 if self.strip_usage and is_usage_only_chunk(event):
                     continue
-            if self.strip_usage and raw.count(_USAGE_NULL) == 1:
-                raw = raw.replace(_USAGE_NULL, b"")
+            if self.strip_usage:
+                raw = _without_usage_null(raw)
             kept.append(raw)
         return kept, done_at
 
@@ -278,6 +284,17 @@ def _accumulated(events: Iterable[bytes], parse: _Parse = event_json) -> StreamA
         if event is not None:
             accumulator.feed(event, event_type)
     return accumulator
+
+
+def _without_usage_null(raw: bytes) -> bytes:
+    """An event without the ``"usage": null`` that the proxy's include_usage made the
+    upstream add; unchanged when it holds none, or more than one (then it is not ours)."""
+    if raw.count(_USAGE_NULL) == 1:
+        return raw.replace(_USAGE_NULL, b"")
+    if _USAGE_NAME not in raw:
+        return raw
+    stripped, found = _SPACED_USAGE_NULL.subn(b"", raw)
+    return stripped if found == 1 else raw
 
 
 def _carries_usage(raw: bytes) -> bool:

@@ -16,7 +16,9 @@ class Usage:
     """Token counts of one request, as a provider reports them or as estimated locally.
 
     ``prompt_tokens`` includes cached and cache-creation tokens; ``completion_tokens`` includes
-    reasoning and audio output tokens.
+    reasoning and audio output tokens. ``repaired``: the provider's total was smaller than its
+    prompt and completion (LiteLLM's mock embeddings answer ``total_tokens: 0``), and
+    ``total_tokens`` is their sum instead.
     """
 
     prompt_tokens: int = 0
@@ -27,6 +29,7 @@ class Usage:
     reasoning_tokens: int = 0
     prompt_audio_tokens: int = 0
     completion_audio_tokens: int = 0
+    repaired: bool = False
 
 
 def usage_from_payload(payload: Mapping[str, Any]) -> Usage | None:
@@ -63,13 +66,35 @@ def response_model_of(payload: Mapping[str, Any]) -> str | None:
 def is_usage_only_chunk(event: Mapping[str, Any]) -> bool:
     """Tell whether a chat/completions stream chunk is the extra one that only carries usage.
 
-    That chunk (``choices: []`` and a non-null ``usage``) is what ``stream_options.include_usage``
-    adds; the proxy drops it when it asked for usage on the client's behalf.
+    That chunk (a non-null ``usage``, ``choices: []``) is what ``stream_options.include_usage``
+    adds; the proxy drops it when it asked for usage on the client's behalf. LiteLLM's proxy
+    (and servers built like it) send it with one empty choice instead, after the
+    ``finish_reason`` chunk: ``"choices": [{"index": 0, "delta": {}}]``. Choices that say
+    nothing (no text, no delta content, no finish reason, no logprobs) count as none.
     """
-    if not isinstance(event, Mapping):
+    if not isinstance(event, Mapping) or not isinstance(event.get("usage"), Mapping):
         return False
     choices = event.get("choices")
-    return isinstance(choices, list) and not choices and isinstance(event.get("usage"), Mapping)
+    return isinstance(choices, list) and all(_says_nothing(choice) for choice in choices)
+
+
+def _says_nothing(choice: object) -> bool:
+    """A stream choice without content: every field but ``index`` empty or null."""
+    if not isinstance(choice, Mapping):
+        return False
+    for name, value in choice.items():
+        if name == "index":
+            continue
+        if name == "delta" and isinstance(value, Mapping):
+            if any(_carries(item) for item in value.values()):
+                return False
+        elif _carries(value):
+            return False
+    return True
+
+
+def _carries(value: object) -> bool:
+    return value is not None and value != "" and value != [] and value != {}
 
 
 class StreamAccumulator:
@@ -269,6 +294,20 @@ def _detail(usage: Mapping[str, Any], details_key: str, key: str) -> int | None:
     return None
 
 
+def _total(prompt: int, completion: int, reported: int | None) -> tuple[int, bool]:
+    """The total to record, and whether the provider's was replaced by the sum of its parts.
+
+    Missing, it is the sum. Smaller than the sum it cannot be right (a total of 0 beside
+    counted tokens); a larger one is kept, as it may count what tallyproxy does not split out.
+    """
+    parts = prompt + completion
+    if reported is None:
+        return parts, False
+    if reported < parts:
+        return parts, True
+    return reported, False
+
+
 def _usage_by_shape(usage: Mapping[str, Any]) -> Usage | None:
     """Pick the dialect of a bare ``usage`` object from its keys."""
     if "prompt_tokens" in usage or "completion_tokens" in usage:
@@ -293,14 +332,16 @@ def _chat_usage(usage: Mapping[str, Any]) -> Usage | None:
     if cached is None:
         # DeepSeek reports its context cache at the top level instead.
         cached = _count(usage.get("prompt_cache_hit_tokens"))
+    total, repaired = _total(prompt, completion, total)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else total,
+        total_tokens=total,
         cached_tokens=cached or 0,
         reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens") or 0,
         prompt_audio_tokens=_detail(usage, "prompt_tokens_details", "audio_tokens") or 0,
         completion_audio_tokens=_detail(usage, "completion_tokens_details", "audio_tokens") or 0,
+        repaired=repaired,
     )
 
 
@@ -313,12 +354,14 @@ def _responses_usage(usage: Mapping[str, Any]) -> Usage | None:
         return None
     prompt = prompt or 0
     completion = completion or 0
+    total, repaired = _total(prompt, completion, total)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else total,
+        total_tokens=total,
         cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens") or 0,
         reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens") or 0,
+        repaired=repaired,
     )
 
 
@@ -363,14 +406,16 @@ def gemini_usage(metadata: Mapping[str, Any]) -> Usage | None:
     audio_in = _modality(metadata, "promptTokensDetails", "AUDIO") + _modality(
         metadata, "toolUsePromptTokensDetails", "AUDIO"
     )
+    total, repaired = _total(prompt, completion, total)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else total,
+        total_tokens=total,
         cached_tokens=_count(metadata.get("cachedContentTokenCount")) or 0,
         reasoning_tokens=thoughts or 0,
         prompt_audio_tokens=max(audio_in - _modality(metadata, "cacheTokensDetails", "AUDIO"), 0),
         completion_audio_tokens=_modality(metadata, "candidatesTokensDetails", "AUDIO"),
+        repaired=repaired,
     )
 
 

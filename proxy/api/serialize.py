@@ -30,6 +30,7 @@ RECORD_FIELDS: Final = (
     "properties",
     *TOKEN_FIELDS,
     "usage_source",
+    "usage_repaired",
     "cost_usd",
     "price_source",
     "price_version",

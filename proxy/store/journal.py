@@ -100,7 +100,7 @@ def encode_exchange(exchange: Exchange) -> bytes:
     )
 
 
-def _usage_values(usage: Usage) -> tuple[int, ...]:
+def _usage_values(usage: Usage) -> tuple[int | bool, ...]:
     # By hand: orjson writes a slotted dataclass three times slower than a tuple.
     return (
         usage.prompt_tokens,
@@ -111,6 +111,7 @@ def _usage_values(usage: Usage) -> tuple[int, ...]:
         usage.reasoning_tokens,
         usage.prompt_audio_tokens,
         usage.completion_audio_tokens,
+        usage.repaired,  # appended later: older lines have eight values, read as not repaired
     )
 
 

@@ -144,7 +144,8 @@ def _new_cost(row: Row[Any], price: PriceFunction) -> Cost | None:
             endpoint=row.endpoint,
         )
         return NOTHING_CHARGED if unbilled else None
-    usage = Usage(**{name: getattr(row, name) or 0 for name in TOKEN_FIELDS})
+    counts: dict[str, Any] = {name: getattr(row, name) or 0 for name in TOKEN_FIELDS}
+    usage = Usage(**counts)
     return price(row.response_model or row.model, row.upstream, usage, row.created_at)
 
 

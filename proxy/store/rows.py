@@ -103,6 +103,7 @@ def record_row(record: RequestRecord) -> dict[str, Any]:
         "user_id": record.user_id,
         "properties": {_text(k): _text(v) for k, v in record.properties.items()},
         "usage_source": record.usage_source,
+        "usage_repaired": record.usage_repaired,
         # Rounded as stored, so session totals and rollups add what the rows hold. Anything
         # but a Decimal goes on as it is, for the column to refuse.
         "cost_usd": (

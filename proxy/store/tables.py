@@ -77,6 +77,8 @@ requests = Table(
     # Token counts are null when the usage is unknown, which is not the same as zero.
     *(Column(name, Integer) for name in TOKEN_FIELDS),
     Column("usage_source", String(16)),
+    # The provider's total was smaller than its parts (e.g. 0), and replaced by their sum.
+    Column("usage_repaired", Boolean, nullable=False, server_default=text("false")),
     Column("cost_usd", Money()),
     # Where the price came from ("genai-prices", "config") and which version of it, so that
     # history can be repriced and a change of price explained.

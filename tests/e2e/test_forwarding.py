@@ -131,6 +131,24 @@ async def test_embeddings_responses_and_completions(
     assert {r["usage_source"] for r in records.values()} == {"provider"}
 
 
+async def test_a_total_smaller_than_its_parts_is_recorded_as_their_sum(
+    sqlite_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    """LiteLLM's mock embeddings answer ``total_tokens: 0`` beside counted prompt tokens."""
+    fake_upstream.usage = FakeUsage(prompt_tokens=5, reported_total=0)
+    raw = await sqlite_proxy.sdk.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input="a"
+    )
+    assert raw.parse().usage.total_tokens == 0  # the client gets the provider's answer
+    assert raw.headers["x-tally-total-tokens"] == "5"
+    fake_upstream.usage = FakeUsage(prompt_tokens=5)
+    await sqlite_proxy.sdk.embeddings.create(model="text-embedding-3-small", input="a")
+    repaired, agreed = sorted(await sqlite_proxy.records(2), key=lambda r: r["id"])
+    assert (repaired["prompt_tokens"], repaired["total_tokens"]) == (5, 5)
+    assert repaired["usage_repaired"] is True and repaired["usage_source"] == "provider"
+    assert agreed["total_tokens"] == 5 and agreed["usage_repaired"] is False
+
+
 async def test_models_list_and_unknown_paths_pass_through(
     sqlite_proxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:

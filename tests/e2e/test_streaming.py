@@ -20,10 +20,11 @@ MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
 STREAM_BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
 
 
-async def _events(base_url: str, body: dict[str, Any]) -> list[Any]:
+async def _events(base_url: str, body: dict[str, Any], scenario: str = "") -> list[Any]:
     """The data of every SSE event, ids and timestamps blanked (they differ per request)."""
     async with httpx.AsyncClient(base_url=base_url) as client:
-        response = await client.post("/chat/completions", json=body)
+        headers = {"x-fake-scenario": scenario} if scenario else {}
+        response = await client.post("/chat/completions", json=body, headers=headers)
         assert response.status_code == 200
     events: list[Any] = []
     for block in response.text.split("\n\n"):
@@ -72,6 +73,31 @@ async def test_client_that_asked_for_usage_keeps_the_usage_chunk(
     assert chunks[-1].usage.total_tokens == fake_upstream.usage.total_tokens
     (record,) = await sqlite_proxy.records(1)
     assert record["usage_source"] == "provider"
+
+
+@pytest.mark.parametrize("scenario", ["litellm-usage", "spaced-json"])
+async def test_injected_usage_is_removed_however_the_upstream_writes_it(
+    sqlite_proxy: RunningProxy, fake_upstream: FakeUpstream, scenario: str
+) -> None:
+    """LiteLLM's proxy sends the usage chunk with one empty choice; servers writing JSON with
+    Python's json module put ``"usage": null`` (spaced) on every chunk. A client that did not
+    ask for usage gets neither."""
+    fake_upstream.scenario = scenario
+    stream = await sqlite_proxy.sdk.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert fake_upstream.requests[-1].json()["stream_options"] == {"include_usage": True}
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(chunk.usage is None for chunk in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == fake_upstream.reply
+    # Event for event the stream the upstream sends a client that does not ask for usage.
+    direct = await _events(fake_upstream.base_url, STREAM_BODY, scenario)
+    proxied = await _events(sqlite_proxy.base_url, STREAM_BODY, scenario)
+    assert proxied == direct
+    records = await sqlite_proxy.records(2)
+    assert {r["usage_source"] for r in records} == {"provider"}
+    assert {r["total_tokens"] for r in records} == {fake_upstream.usage.total_tokens}
 
 
 async def test_stream_without_provider_usage_is_estimated(

@@ -22,6 +22,7 @@ from proxy.store.journal import (
     Journal,
     JournaledSink,
     decode_exchange,
+    encode_exchange,
 )
 from proxy.store.migrate import upgrade_database
 from proxy.store.spool import Spool
@@ -83,6 +84,13 @@ def test_a_line_keeps_what_the_record_needs_and_nothing_private(tmp_path: Path) 
         assert getattr(back, name) == getattr(secret, name), name
     assert back.request_body is None and back.completion_text == "" and back.error is None
     journal.close()
+
+
+def test_a_repaired_usage_stays_repaired() -> None:
+    back = decode_exchange(
+        encode_exchange(exchange("r1", provider_usage=Usage(5, 0, 5, repaired=True)))
+    )
+    assert back.provider_usage == Usage(5, 0, 5, repaired=True)
 
 
 def test_a_line_written_before_session_paths_is_still_read() -> None:

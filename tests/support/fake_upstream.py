@@ -83,9 +83,13 @@ class FakeUsage:
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
     tool_use_prompt_tokens: int = 0
+    reported_total: int | None = None
+    """The ``total_tokens`` to answer instead of the sum (LiteLLM's mock embeddings say 0)."""
 
     @property
     def total_tokens(self) -> int:
+        if self.reported_total is not None:
+            return self.reported_total
         return self.prompt_tokens + self.completion_tokens
 
     def gemini(self, answered: float = 1.0) -> dict[str, Any]:
@@ -131,7 +135,8 @@ class FakeUsage:
         }
 
     def embeddings(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+        total = self.prompt_tokens if self.reported_total is None else self.reported_total
+        return {"prompt_tokens": self.prompt_tokens, "total_tokens": total}
 
     def responses(self) -> dict[str, Any]:
         """Responses API ``usage``."""
@@ -184,7 +189,20 @@ class _Scenario:
 
 
 SCENARIOS = frozenset(
-    {"no-usage", "slow", "stall", "cut", "malformed", "gzip", "tool-calls", "parallel-tool-calls"}
+    {
+        "no-usage",
+        "slow",
+        "stall",
+        "cut",
+        "malformed",
+        "gzip",
+        "tool-calls",
+        "parallel-tool-calls",
+        # Chat streams as LiteLLM's proxy sends them: the usage chunk with one empty choice.
+        "litellm-usage",
+        # Chat stream chunks written by Python's json.dumps: ``, "usage": null``.
+        "spaced-json",
+    }
 )
 
 
@@ -670,10 +688,13 @@ class FakeUpstream:
         usage_field = {"usage": None} if include_usage and scenario.usage is not None else {}
         text = self.tool_arguments if tools else self.reply
 
+        def sse(body: dict[str, Any]) -> bytes:
+            return _sse(json.dumps(body).encode() if "spaced-json" in scenario else body)
+
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             body = {**base, "choices": [choice]}
-            return _sse(body | usage_field)
+            return sse(body | usage_field)
 
         # As OpenAI streams parallel calls: one after the other, each named in its first delta.
         for at, tool in enumerate(tools or [None]):
@@ -694,11 +715,12 @@ class FakeUpstream:
         for i in range(n):
             yield chunk(i, {}, "tool_calls" if tools else "stop")
         if include_usage and scenario.usage is not None:
-            yield _sse(
+            empty = [{"index": 0, "delta": {}}] if "litellm-usage" in scenario else []
+            yield sse(
                 {
                     **base,
                     "object": "chat.completion.chunk",
-                    "choices": [],
+                    "choices": empty,
                     "usage": scenario.usage.chat(),
                 }
             )

@@ -152,6 +152,19 @@ BEARER = [("authorization", "Bearer sk-client"), ("content-type", "application/j
             [("x-goog-api-key", "AIza-proxy")],
         ),
         (GEMINI_COMPAT, BEARER, [("authorization", "Bearer sk-client")]),
+        # The Azure client's api-key, to upstreams that take bearer keys; a configured key wins.
+        (OPENAI, [("api-key", "az-key")], [("authorization", "Bearer az-key")]),
+        (LOCAL, [("api-key", "az-key")], [("authorization", "Bearer az-key")]),
+        (
+            OPENAI.model_copy(update={"api_key": "sk-proxy"}),
+            [("api-key", "az-key")],
+            [("authorization", "Bearer sk-proxy")],
+        ),
+        (
+            OPENAI,
+            [("api-key", "az-key"), *BEARER],
+            [("api-key", "az-key"), ("authorization", "Bearer sk-client")],
+        ),
     ],
 )
 def test_credential_headers(

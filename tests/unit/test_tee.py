@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +230,51 @@ async def test_a_stream_cut_short_is_not_journaled_as_answered() -> None:
     journaled: Journaled = []
     await run_tee(CHAT_CUT_SHORT, strip_usage=False, journaled=journaled)
     assert journaled == []
+
+
+PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"
+
+
+def recorded_events(name: str) -> list[bytes]:
+    raw = (PAYLOADS / name).read_bytes()
+    return [event + b"\n\n" for event in raw.split(b"\n\n") if event]
+
+
+@pytest.mark.parametrize(
+    ("asked", "plain", "total"),
+    [
+        ("openai/chat_stream_include_usage.sse", "openai/chat_stream_no_usage.sse", 316),
+        ("compat/litellm_stream_include_usage.sse", "compat/litellm_stream.sse", 22),
+        ("compat/json_spacing_stream_include_usage.sse", "compat/json_spacing_stream.sse", 20),
+    ],
+)
+@pytest.mark.parametrize("chunk_size", [5, 4096])
+async def test_injected_usage_leaves_the_stream_the_client_asked_for(
+    asked: str, plain: str, total: int, chunk_size: int
+) -> None:
+    sent, exchange = await run_tee(recorded_events(asked), strip_usage=True, chunk_size=chunk_size)
+    assert without_tally(sent) == (PAYLOADS / plain).read_bytes()
+    assert exchange.provider_usage is not None
+    assert exchange.provider_usage.total_tokens == total
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (b'data: {"id":"c","choices":[],"usage":null}\n\n', b'data: {"id":"c","choices":[]}\n\n'),
+        (b'data: {"id": "c", "usage": null}\n\n', b'data: {"id": "c"}\n\n'),
+        (b'data: {"id": "c" , "usage" : null }\n\n', b'data: {"id": "c"  }\n\n'),
+        (b'data: {"id":"c",\n"usage":\tnull}\n\n', b'data: {"id":"c"}\n\n'),
+        (b'data: {"usage": null, "id": "c"}\n\n', b'data: { "id": "c"}\n\n'),
+        # Not the upstream's null: text that mentions it, a usage object, two of them.
+        (b'data: {"text": "\\"usage\\": null"}\n\n', b'data: {"text": "\\"usage\\": null"}\n\n'),
+        (b'data: {"usage": {"total_tokens": 3}}\n\n', b'data: {"usage": {"total_tokens": 3}}\n\n'),
+        (
+            b'data: {"usage": null, "id": "c", "usage": null}\n\n',
+            b'data: {"usage": null, "id": "c", "usage": null}\n\n',
+        ),
+        (b'data: {"usage": nullish}\n\n', b'data: {"usage": nullish}\n\n'),
+    ],
+)
+def test_usage_null_is_removed_whatever_its_spacing(event: bytes, expected: bytes) -> None:
+    assert tee_module._without_usage_null(event) == expected

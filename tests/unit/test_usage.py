@@ -53,6 +53,8 @@ BODIES: dict[str, Usage] = {
     "compat/deepseek_chat_cache_hit.json": Usage(1530, 203, 1733, cached_tokens=1408),
     "compat/vllm_chat_completion.json": Usage(42, 8, 50),
     "compat/ollama_chat_completion.json": Usage(33, 67, 100),
+    # total_tokens 0 beside 5 prompt tokens: recorded as their sum, flagged.
+    "compat/litellm_mock_embeddings.json": Usage(5, 0, 5, repaired=True),
 }
 
 NANO_TEXT = (
@@ -135,6 +137,21 @@ STREAMS: dict[str, StreamExpectation] = {
     ),
     "compat/llamacpp_stream_usage_on_finish_chunk.sse": StreamExpectation(
         Usage(21, 4, 25), "LiquidAI/LFM2-1.2B", "A good example?"
+    ),
+    "compat/litellm_stream.sse": StreamExpectation(
+        None, "gpt-4o-mini-2024-07-18", "Hello! How can I help you today?"
+    ),
+    "compat/litellm_stream_include_usage.sse": StreamExpectation(
+        Usage(12, 10, 22),
+        "gpt-4o-mini-2024-07-18",
+        "Hello! How can I help you today?",
+        usage_only_chunks=1,
+    ),
+    "compat/json_spacing_stream.sse": StreamExpectation(
+        None, "Qwen/Qwen2.5-7B-Instruct", "Paris is the capital."
+    ),
+    "compat/json_spacing_stream_include_usage.sse": StreamExpectation(
+        Usage(14, 6, 20), "Qwen/Qwen2.5-7B-Instruct", "Paris is the capital.", usage_only_chunks=1
     ),
     "compat/llama_cpp_python_stream_crlf.sse": StreamExpectation(
         None, "models/mistral-7b-instruct-v0.2.Q4_K_M.gguf", "Paris."
@@ -277,6 +294,47 @@ def test_chat_usage_edge_cases(usage: dict[str, Any], expected: Usage) -> None:
     assert usage_from_payload({"object": "chat.completion", "usage": usage}) == expected
 
 
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # A total smaller than its parts is replaced by their sum, and flagged.
+        ({"usage": {"prompt_tokens": 5, "total_tokens": 0}}, Usage(5, 0, 5, repaired=True)),
+        (
+            {"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 7}},
+            Usage(7, 3, 10, repaired=True),
+        ),
+        (
+            {
+                "object": "response",
+                "usage": {"input_tokens": 4, "output_tokens": 2, "total_tokens": 0},
+            },
+            Usage(4, 2, 6, repaired=True),
+        ),
+        (
+            {
+                "usageMetadata": {
+                    "promptTokenCount": 8,
+                    "candidatesTokenCount": 2,
+                    "totalTokenCount": 0,
+                }
+            },
+            Usage(8, 2, 10, repaired=True),
+        ),
+        # A total that agrees, is missing, or is larger (it may count what is not split out)
+        # is the provider's.
+        ({"usage": {"prompt_tokens": 5, "total_tokens": 5}}, Usage(5, 0, 5)),
+        ({"usage": {"prompt_tokens": 5, "completion_tokens": 1}}, Usage(5, 1, 6)),
+        (
+            {"usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 9}},
+            Usage(5, 1, 9),
+        ),
+        ({"usage": {"total_tokens": 0}}, Usage(0, 0, 0)),
+    ],
+)
+def test_total_smaller_than_its_parts_is_repaired(payload: dict[str, Any], expected: Usage) -> None:
+    assert usage_from_payload(payload) == expected
+
+
 def test_responses_usage_without_details_or_total() -> None:
     payload = {"object": "response", "usage": {"input_tokens": 5, "output_tokens": 7}}
     assert usage_from_payload(payload) == Usage(5, 7, 12)
@@ -315,7 +373,47 @@ def test_non_mapping_payload_gives_none() -> None:
         ({"choices": [], "usage": {"prompt_tokens": 1}}, True),
         ({"choices": [], "usage": None}, False),
         ({"choices": []}, False),
-        ({"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 1}}, False),
+        # LiteLLM's proxy: one empty choice after the finish_reason chunk.
+        ({"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 1}}, True),
+        (
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"content": None, "role": None},
+                        "finish_reason": None,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 1},
+            },
+            True,
+        ),
+        ({"choices": [{"index": 0, "text": ""}], "usage": {"prompt_tokens": 1}}, True),
+        # Usage on the finish chunk (llama.cpp) or on a content chunk (vLLM's continuous
+        # stats) rides on a chunk the client must still get.
+        (
+            {
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1},
+            },
+            False,
+        ),
+        (
+            {"choices": [{"index": 0, "delta": {"content": "Hi"}}], "usage": {"prompt_tokens": 1}},
+            False,
+        ),
+        (
+            {
+                "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+                "usage": {"prompt_tokens": 1},
+            },
+            False,
+        ),
+        ({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}], "usage": {}}, False),
+        ({"choices": [{"index": 0, "delta": {}, "logprobs": {"content": []}}], "usage": {}}, False),
+        ({"choices": [{"index": 0, "delta": {}}], "usage": None}, False),
+        ({"choices": ["x"], "usage": {"prompt_tokens": 1}}, False),
         ({"choices": None, "usage": {"prompt_tokens": 1}}, False),
         ({"type": "message_delta", "usage": {"output_tokens": 3}}, False),
     ],
