@@ -237,12 +237,14 @@ class Forwarder:
                 refusal = BudgetExceeded(refused_by_action(decision.refused_by))
                 return self._refused(exchange, started, refusal)
             if decision.model is not None and not native:
-                downgraded = self._downgraded(plan, decision.model, path, request, endpoint)
+                downgraded = self._downgraded(plan, decision.model, path, raw, endpoint)
                 if downgraded is not None:
                     plan, upstream, where = downgraded
                     exchange.downgraded_from, exchange.model = exchange.model, plan.model
                     exchange.upstream, exchange.provider = upstream.url, upstream.pricing_provider
                     exchange.request_body = plan.json
+                    if upstream.kind != "azure":
+                        query = without_api_version(query)
             try:
                 await self.budgets.reserve(exchange)
             except (BudgetExceeded, DatabaseUnavailable) as exc:
@@ -274,7 +276,12 @@ class Forwarder:
         return self._stream(response, exchange, None, started)
 
     def _downgraded(
-        self, plan: RequestPlan, model: str, path: str, request: Request, endpoint: str
+        self,
+        plan: RequestPlan,
+        model: str,
+        path: str,
+        raw: tuple[bytes | None, bytes],
+        endpoint: str,
     ) -> tuple[RequestPlan, UpstreamSettings, Target] | None:
         """The request as a budget action sends it: another model, routed as that model."""
         changed = with_model(plan, model)
@@ -289,7 +296,7 @@ class Forwarder:
             return None
         where = target(
             upstream,
-            upstream_path(path, request.scope.get("raw_path"), _prefix(endpoint)),
+            upstream_path(path, *raw),
             model,
             version_of(endpoint),
         )
