@@ -219,6 +219,8 @@ class Synthetic:
             "span_id": None,
             "tool_calls": 0,
             "tool_results": 0,
+            "usage_repaired": False,
+            "downgraded_from": None,
         }
         if rand.random() < ERROR_SHARE:
             row["status_code"], row["error"] = rand.choice(ERRORS)
