@@ -512,10 +512,16 @@ def settings_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     """Dotted keys of every field, through nested sections and lists of sections."""
     keys: set[str] = set()
     for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # not a key of the file (a secret read from the environment)
         key = f"{prefix}{field.alias or name}"  # the alias is what the file says (smtp.from)
         keys.add(key)
         annotation = field.annotation
         nested = [annotation, *get_args(annotation)] if get_origin(annotation) else [annotation]
+        models = [c for c in nested if isinstance(c, type) and issubclass(c, BaseModel)]
+        if get_origin(annotation) is dict and models:  # named entries (providers.openai): "*"
+            key = f"{key}.*"
+            keys.add(key)
         for candidate in nested:
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 keys |= settings_keys(candidate, f"{key}.")
@@ -525,8 +531,10 @@ def settings_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def test_config_example_documents_every_setting_and_nothing_else() -> None:
     # `upstreams:` entries take every key of `upstream:` (the example says so): a key shown in
     # either place documents both.
+    # `reconcile.providers` is keyed by provider: its entries all take the same keys.
     def merged(keys: set[str]) -> set[str]:
-        return {re.sub(r"^upstreams\.", "upstream.", key) for key in keys}
+        keys = {re.sub(r"^upstreams\.", "upstream.", key) for key in keys}
+        return {re.sub(r"^(reconcile\.providers)\.(openai|anthropic)\b", r"\1.*", k) for k in keys}
 
     documented = merged(documented_keys())
     known = merged(settings_keys(Settings))
