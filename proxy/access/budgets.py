@@ -2,7 +2,9 @@
 
 A request is refused (429 ``budget_exceeded``) before it reaches the provider when its
 reservation does not fit a budget: the input counted locally plus ``max_tokens`` (or
-``max_completion_tokens`` / ``max_output_tokens``) at the model's prices. The database
+``max_completion_tokens`` / ``max_output_tokens``; without one, the most the model can
+write) at the model's prices. Before that, a budget's actions may send a cheaper model or
+refuse early (``proxy.spend.decide``), from the usage this replica knows. The database
 decides atomically (``proxy.store.budgets``), so replicas sharing one Postgres agree. The
 record writer settles the real usage. Definitions are cached and refreshed in the
 background, so a request no budget applies to costs no database call; the same background
