@@ -1,7 +1,8 @@
 """Settings: one frozen object read once from a YAML file, TALLYPROXY_* variables and flags.
 
 Precedence, lowest first: defaults, the YAML file, environment variables, command-line flags.
-This is the only module that reads the environment.
+This is the only module that reads the environment. The background jobs' sections are in
+``proxy.job_settings``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from proxy.job_settings import AnomalySettings, DigestSettings, ReconcileSettings
+from proxy.settings_section import Section, webhook_url
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -32,11 +33,7 @@ class ConfigError(ValueError):
     """A setting is missing, mistyped or out of range; the message names the key and the fix."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ServerSettings(_Section):
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: LogLevel = "info"
@@ -52,7 +49,7 @@ UpstreamKind = Literal["openai", "azure", "openai-compatible", "anthropic", "gem
 GOOGLE_API_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
 
 
-class UpstreamSettings(_Section):
+class UpstreamSettings(Section):
     """One provider endpoint. ``models`` (exact names or globs) route requests to it."""
 
     name: str = "default"
@@ -124,7 +121,7 @@ def _host(url: str) -> str:
     return url.split("/", 3)[2].rpartition("@")[2].split(":", 1)[0].lower()
 
 
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     url: str = "sqlite+aiosqlite:///./tallyproxy.db"
     queue_size: int = Field(default=10_000, ge=1)
     flush_interval: float = Field(default=0.5, gt=0, le=60)
@@ -177,7 +174,7 @@ def _async_driver(value: str) -> str:
     return value
 
 
-class PriceOverride(_Section):
+class PriceOverride(Section):
     """A price for models the bundled price data lacks or prices differently (USD per 1M tokens).
 
     ``model`` is an exact name or a glob (``qwen-*``). Either ``alias`` (price it as another
@@ -205,7 +202,7 @@ class PriceOverride(_Section):
         return self
 
 
-class TokenizerRule(_Section):
+class TokenizerRule(Section):
     """Count a model's tokens with a given tokenizer instead of the default for its family."""
 
     model: str = Field(min_length=1)
@@ -220,13 +217,13 @@ class TokenizerRule(_Section):
         return self
 
 
-class MeteringSettings(_Section):
+class MeteringSettings(Section):
     # Off by default: a sample needs a vocabulary resident (o200k_base ~43 MB), which a proxy
     # in front of providers that report usage otherwise never loads.
     drift_sample_rate: float = Field(default=0.0, ge=0, le=1)
 
 
-class AccessSettings(_Section):
+class AccessSettings(Section):
     """Virtual keys: whether they are required, and how long a replica trusts a lookup.
 
     While the database is unavailable, a key looked up within ``outage_tolerance_seconds``
@@ -245,7 +242,7 @@ class AccessSettings(_Section):
     budget_outage_allowance: float = Field(default=0.1, ge=0, le=1)
 
 
-class BudgetSettings(_Section):
+class BudgetSettings(Section):
     """How a request's reservation is sized when the request does not bound it.
 
     Without ``max_tokens`` a request reserves the model's maximum output from the vendored
@@ -258,7 +255,7 @@ class BudgetSettings(_Section):
     unpriced: Literal["refuse", "allow"] = "refuse"
 
 
-class AlertSettings(_Section):
+class AlertSettings(Section):
     """Budget alerts: a signed JSON POST to ``webhook_url`` as a threshold is crossed, and
     when a budget's forecast runs out within ``forecast_hours``."""
 
@@ -271,203 +268,17 @@ class AlertSettings(_Section):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return webhook_url(value)
 
 
-def _webhook_url(value: str | None) -> str | None:
-    if value is not None and not value.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return value
-
-
-class SmtpSettings(_Section):
-    """Where the daily digest is mailed: an SMTP server, STARTTLS by default.
-
-    The password comes from the environment variable ``password_env`` names, never the file.
-    ``ca_file`` trusts a private CA (PEM) for STARTTLS, instead of the system's.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    host: str = Field(min_length=1)
-    port: int = Field(default=587, ge=1, le=65535)
-    starttls: bool = True
-    user: str | None = None
-    password_env: str | None = None
-    sender: str = Field(alias="from", min_length=3)
-    to: tuple[str, ...] = Field(min_length=1)
-    ca_file: str | None = None
-    timeout: float = Field(default=30.0, gt=0, le=600)
-
-    # Read from ``password_env`` by ``load_settings``; never a key of the file.
-    _password: str | None = PrivateAttr(default=None)
-
-    @property
-    def password(self) -> str | None:
-        return self._password
-
-    def with_password(self, password: str) -> SmtpSettings:
-        copy = self.model_copy()
-        copy._password = password
-        return copy
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _one_or_more(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _login(self) -> SmtpSettings:
-        if self.password_env is not None and self.user is None:
-            raise ValueError("password_env needs user (the SMTP login)")
-        return self
-
-
-def _clock(value: str) -> str:
-    hours, colon, minutes = value.partition(":")
-    if not (colon and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
-        raise ValueError('use HH:MM in UTC, e.g. "08:00"')
-    if not (0 <= int(hours) <= 23 and 0 <= int(minutes) <= 59):
-        raise ValueError('use HH:MM in UTC, from "00:00" to "23:59"')
-    return f"{int(hours):02d}:{minutes}"
-
-
-class DigestSettings(_Section):
-    """The daily digest: sent at ``at`` (UTC) for the day before, to the webhook and/or by
-    mail; off while neither is configured. ``webhook_secret`` defaults to the alerts' one."""
-
-    at: str = "08:00"
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
-    smtp: SmtpSettings | None = None
-    top: int = Field(default=5, ge=1, le=50)
-    budget_warn_percent: int = Field(default=80, ge=1, le=1000)
-
-    @field_validator("at")
-    @classmethod
-    def _at_clock(cls, value: str) -> str:
-        return _clock(value)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return _webhook_url(value)
-
-    @property
-    def enabled(self) -> bool:
-        return self.webhook_url is not None or self.smtp is not None
-
-    @property
-    def send_time(self) -> tuple[int, int]:
-        hours, minutes = self.at.split(":")
-        return int(hours), int(minutes)
-
-
-AnomalySubject = Literal["session", "user", "key"]
-
-
-class AnomalySettings(_Section):
-    """Anomalies: a session, user or key whose cost or tokens in a window exceed ``k`` times
-    the median of its peers over ``baseline_days`` (and ``k`` robust deviations above it).
-    Peers of a session are the other sessions of its user; of a user or key, the others."""
-
-    enabled: bool = False
-    k: float = Field(default=10.0, gt=1, le=1000)
-    window: str = "1h"
-    baseline_days: int = Field(default=7, ge=1, le=90)
-    min_peers: int = Field(default=5, ge=1)
-    subjects: tuple[AnomalySubject, ...] = ("session", "user", "key")
-    interval_seconds: float = Field(default=60.0, ge=1, le=86400)
-    top_requests: int = Field(default=5, ge=1, le=50)
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return _webhook_url(value)
-
-    @field_validator("window")
-    @classmethod
-    def _whole_hours(cls, value: str) -> str:
-        hours = _window_hours(value)
-        if hours is None or hours < 1 or (24 % hours != 0 and hours % 24 != 0):
-            raise ValueError(
-                'use whole hours that divide a day, or whole days: "1h", "6h", "24h", "7d"'
-            )
-        return value
-
-    @property
-    def window_hours(self) -> int:
-        return _window_hours(self.window) or 1
-
-
-def _window_hours(value: str) -> int | None:
-    text = value.strip().lower()
-    if text[:-1].isdigit() and text[-1:] in ("h", "d"):
-        return int(text[:-1]) * (24 if text.endswith("d") else 1)
-    return None
-
-
-class HeldKey(_Section):
-    """A provider key tallyproxy holds: the provider's id of it (OpenAI ``key_...``,
-    Anthropic ``apikey_...``) and the upstream whose ``api_key`` it is."""
-
-    api_key_id: str = Field(min_length=1)
-    upstream: str = Field(min_length=1)
-
-
-class ReconcileProvider(_Section):
-    """One provider's admin reports: the admin key's environment variable (the key is read
-    from it at start, never written to the config, a record or a log), the API root, and the
-    keys tallyproxy holds, whose traffic beyond the proxy's records is bypass."""
-
-    api_key_env: str = Field(min_length=1)
-    url: str | None = None
-    keys: tuple[HeldKey, ...] = ()
-    api_key: SecretStr | None = Field(default=None, exclude=True)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://, e.g. https://api.openai.com")
-        return value
-
-    @field_validator("api_key")
-    @classmethod
-    def _not_in_the_file(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            raise ValueError(
-                "an admin key is not written into the config: name its variable in api_key_env"
-            )
-        return value
-
-
-class ReconcileSettings(_Section):
-    """Reconciliation with the providers' usage and cost reports (``tallyproxy reconcile``,
-    ``GET /usage/reconciliation``); with ``interval`` a periodic job stores each comparison
-    and alerts (the budget alerts' webhook) when a closed day differs by ``alert_pct``."""
-
-    providers: dict[Literal["openai", "anthropic"], ReconcileProvider] = Field(default_factory=dict)
-    interval: float | None = Field(default=None, ge=60, le=7 * 86400)
-    alert_pct: Decimal = Field(default=Decimal(10), gt=0, le=1000)
-    bucket_width: Literal["1d", "1h"] = "1d"
-    lookback_days: int = Field(default=7, ge=1, le=90)
-    # A bucket is final this long after it ends: the providers' reports settle late.
-    settle_hours: float = Field(default=6.0, ge=0, le=240)
-
-
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     """The access log (a line per request, ``tallyproxy.access``) and how lines look."""
 
     access: bool = True
     format: Literal["text", "json"] = "text"
 
 
-class TelemetrySettings(_Section):
+class TelemetrySettings(Section):
     """OpenTelemetry export (GenAI spans and metrics over OTLP/HTTP), off unless an endpoint
     is set here or in ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
 
@@ -488,7 +299,7 @@ class TelemetrySettings(_Section):
         return value
 
 
-class Settings(_Section):
+class Settings(Section):
     """Everything tallyproxy can be told; see config.example.yaml for each key.
 
     ``upstreams`` routes by model; without it, ``upstream`` serves every request.

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from proxy.anomalies.detect import Observation, detect
-from proxy.config import AnomalySettings
+from proxy.job_settings import AnomalySettings
 from proxy.store.anomalies import AnomalyStore, anomaly_json, window_start
 from proxy.webhooks import Webhook
 

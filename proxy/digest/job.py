@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime, time, timedelta
 
-from proxy.config import DigestSettings
 from proxy.digest import render
 from proxy.digest.content import DIMENSIONS, Digest, build_digest, near_limit
 from proxy.digest.mail import mail_digest
+from proxy.job_settings import DigestSettings
 from proxy.store.budgets import BudgetStore
 from proxy.store.digests import DigestStore
 from proxy.webhooks import Webhook

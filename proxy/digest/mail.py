@@ -13,9 +13,9 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from proxy.config import SmtpSettings
 from proxy.digest import render
 from proxy.digest.content import Digest
+from proxy.job_settings import SmtpSettings
 
 log = logging.getLogger(__name__)
 
