@@ -11,6 +11,7 @@ from proxy.genai_spans import (
     provider_name,
     span_attributes,
     span_name,
+    span_record,
     token_points,
 )
 from proxy.usage import Usage
@@ -52,8 +53,8 @@ def test_provider_names(hint: str | None, kind: str, name: str) -> None:
 
 
 def test_a_record_without_usage_or_price_leaves_those_attributes_out() -> None:
-    record = make_record(usage=None, usage_source=None, cost_usd=None, status_code=502,
-                         error="upstream answered 502", session_id=None)  # fmt: skip
+    record = span_record(make_record(usage=None, usage_source=None, cost_usd=None, status_code=502,
+                         error="upstream answered 502", session_id=None))  # fmt: skip
     attributes = span_attributes(record, "openai")
     assert not any(name.startswith("gen_ai.usage.") for name in attributes)
     assert "gen_ai.conversation.id" not in attributes
@@ -65,7 +66,7 @@ def test_a_record_without_usage_or_price_leaves_those_attributes_out() -> None:
 def test_a_priced_record_carries_its_exact_cost_and_tokens() -> None:
     usage = Usage(prompt_tokens=1200, completion_tokens=80, total_tokens=1280, cached_tokens=1024,
                   reasoning_tokens=64)  # fmt: skip
-    record = make_record(usage=usage, cost_usd=Decimal("0.000123456789"))
+    record = span_record(make_record(usage=usage, cost_usd=Decimal("0.000123456789")))
     attributes = span_attributes(record, "openai")
     assert attributes["gen_ai.usage.input_tokens"] == 1200
     assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1024
@@ -77,7 +78,7 @@ def test_a_priced_record_carries_its_exact_cost_and_tokens() -> None:
 
 
 def test_a_stream_cut_short_has_an_error_type_of_its_own() -> None:
-    record = make_record(error="client disconnected mid-stream")
+    record = span_record(make_record(error="client disconnected mid-stream"))
     assert error_type(record) == "tallyproxy.client_disconnected_mid_stream"
 
 
