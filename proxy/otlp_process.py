@@ -4,7 +4,7 @@ Making a span and its metric values and encoding the protobuf take ~100 µs of C
 record; in the proxy's process that time would hold the GIL the event loop needs. Here the
 writer's ``submit`` only queues a committed batch; a sender thread turns each record into
 the plain tuple of its exported fields (``proxy.genai_spans.SpanRecord``) and pickles the
-batch (~3 µs a record, against ~9 µs for the records themselves) down a pipe to a child
+batch (~2 µs a record, against ~9 µs for the records themselves) down a pipe to a child
 process, started with ``spawn``, that runs
 ``proxy.otlp_export.OtlpExport`` (the SDK is imported there only). The child ignores
 SIGINT and SIGTERM: the proxy decides when it stops, after the last batch, so a shutdown
