@@ -75,6 +75,7 @@ CUBES: Final = (
     Cube("property_model", (PROPERTY, "model")),
     Cube("property_user", (PROPERTY, "user_id"), _BOTH),
     Cube("model_user", ("model", "user_id"), ("day",)),
+    Cube("session_model", ("session_id", "model"), ("day",)),
 )
 """Smallest first, so the first cube covering a query's dimensions is the cheapest to read.
 
@@ -86,6 +87,9 @@ subtracts from one another and so must read at the same grain.
 Model by user is kept per day only: per hour, 1,000 users and 20 models make nearly a cell
 per record, which would cost the writer as much again as the records, for a view whose
 partial days the records of the edges answer well enough (see ``proxy.store.rollup_reads``).
+Session by model, per day only, is the breakdown a session listing shows beside each
+session's totals: a page of 100 sessions is a few thousand cells (ix_rollups_session leads
+to them), where its raw rows are some 14,000.
 Upstream by model (a few dozen cells a day) is what a reconciliation with a provider's
 report reads: that provider's upstreams, per model, per day or hour.
 Combinations no cube holds (a virtual key with a model, an endpoint with a user, ...) are

@@ -228,6 +228,32 @@ def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit:
     return query.limit(limit)
 
 
+def session_model_query(session_ids: Sequence[str], first: datetime, last: datetime) -> Any:
+    """Rows of session id, model, requests, total tokens and cost (null when none of the
+    requests was priced, as a raw-row sum is) of ``session_ids``, whose requests lie in
+    ``[first, last]``, from the daily ``session_model`` cells."""
+    cells = rollups.c
+    requests_sum = cast(func.sum(cells.requests), BigInteger)
+    priced = requests_sum > cast(func.sum(cells.unpriced_requests), BigInteger)
+    return (
+        select(
+            cells.session_id,
+            cells.model,
+            requests_sum.label("requests"),
+            cast(func.sum(cells.total_tokens), BigInteger).label("total_tokens"),
+            type_coerce(case((priced, func.sum(cells.cost_usd))), Money()).label("cost_usd"),
+        )
+        .where(
+            cells.cube == "session_model",
+            cells.grain == "day",
+            cells.session_id.in_(list(session_ids)),
+            cells.bucket_start.between(_floor_day(first), last),
+        )
+        .group_by(cells.session_id, cells.model)
+        .having(requests_sum > 0)
+    )
+
+
 def _raw_piece(
     group_by: str, filters: UsageFilters, span: Span, dialect: str, negate: bool = False
 ) -> Select[Any]:

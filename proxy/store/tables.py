@@ -276,6 +276,16 @@ rollups = Table(
     # Cells older than migration 0013 counted no tool calls (nor did their records).
     Column("tool_calls", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("cube", "grain", "bucket_start", "cell"),
+    # A session's cells (its totals, its models), whatever the day: a page of sessions.
+    Index(
+        "ix_rollups_session",
+        "cube",
+        "grain",
+        "session_id",
+        "bucket_start",
+        postgresql_where=text("session_id IS NOT NULL"),
+        sqlite_where=text("session_id IS NOT NULL"),
+    ),
     # Migration 0010 adds ix_rollups_property, (cube, grain, property name, value or, on
     # Postgres, the value's MD5, bucket_start): an expression on one database, so not here.
 )

@@ -41,7 +41,8 @@ async def test_an_upgrade_sums_the_new_daily_cells_from_the_hourly_ones(database
         # The upstream_model cube came later (0014): going back past it takes its cells too.
         assert {key[:2] for key in missing} == {("total", "day"), ("property", "day"),
                                                 ("upstream_model", "hour"),
-                                                ("upstream_model", "day")}  # fmt: skip
+                                                ("upstream_model", "day"),
+                                                ("session_model", "day")}  # fmt: skip
         await upgrade_database(engine)
         await assert_rollups_match_raw_rows(engine)
     finally:

@@ -114,6 +114,7 @@ def test_a_range_splits_into_raw_edges_whole_hours_and_whole_days(
         ("model", UsageFilters(property_name="env", property_value="x"), "property_model", None),
         ("session", UsageFilters(), "session", None),
         ("day", UsageFilters(session_id="s"), "session", None),
+        ("model", UsageFilters(session_id="s"), "session_model", None),
     ],
 )
 def test_the_plan_reads_the_smallest_cube_that_answers(
@@ -128,7 +129,7 @@ def test_the_plan_reads_the_smallest_cube_that_answers(
 @pytest.mark.parametrize(
     ("group_by", "filters"),
     [
-        ("model", UsageFilters(session_id="s")),
+        ("hour", UsageFilters(session_id="s", model="m")),  # session by model: per day only
         ("endpoint", UsageFilters(key_id="k")),
         ("hour", UsageFilters(user_id="u", model="m")),  # model by user is kept per day only
         ("property:team", UsageFilters(property_name="env", property_value="prod")),
