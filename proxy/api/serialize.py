@@ -125,7 +125,11 @@ def _tree_json(node: Mapping[str, Any]) -> dict[str, Any]:
 
 def summary_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """One group of a usage summary, with the share of its requests that failed."""
-    result = {name: _plain(row.get(name)) for name in SUMMARY_FIELDS}
+    # Only the key (a time bucket) and the cost need converting; the rest are plain counts.
+    # A summary by user is a thousand of these, so the plain fields are copied as they are.
+    result = {name: row.get(name) for name in SUMMARY_FIELDS}
+    result["key"] = _plain(result["key"])
+    result["cost_usd"] = money(result["cost_usd"])
     requests = result["requests"] or 0
     result["error_rate"] = (result["errors"] or 0) / requests if requests else 0.0
     return result

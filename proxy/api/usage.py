@@ -21,6 +21,7 @@ from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import JSONResponse
 
 from proxy.access.guard import key_scope
+from proxy.api.json_response import FastJSONResponse
 from proxy.api.params import error_json, invalid_query, parse_limit, parse_property, parse_time
 from proxy.api.serialize import record_json, session_json, stats_json, summary_row_json
 from proxy.errors import error_body
@@ -246,7 +247,7 @@ async def _read(
 
 
 def _answer(read: Read[Any], body: Any) -> JSONResponse:
-    return with_read_source(read, JSONResponse(body))
+    return with_read_source(read, FastJSONResponse(body))
 
 
 def with_read_source(read: Read[Any], response: JSONResponse) -> JSONResponse:
