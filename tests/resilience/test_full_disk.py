@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 DISK_BYTES = 512 * 1024
 QUEUE_SIZE = 300
+# SQLite's and the spool's disk: SQLite checkpoints its WAL into the database at 1,000 pages
+# (4 MiB), and some 600 records with their rollup cells make ~3.6 MiB of WAL. On a 4 MiB disk
+# the WAL itself filled it after the filler had gone (the database was full, not the test's
+# doing), whenever a loaded machine let the load send more before the disk filled.
+SQLITE_DISK_BYTES = 16 * 1024 * 1024
 CONCURRENCY = 8
 AFTER_RECOVERY = 300  # requests sent once the writer has seen Postgres back
 
@@ -246,7 +251,7 @@ async def test_sqlite_and_the_spool_on_one_full_disk_then_room_again(
     """One small box: SQLite and the spool share a disk that fills (another file takes the
     room). Nothing can be stored until that file is removed; then everything held is."""
     caplog.set_level(logging.WARNING, logger="proxy.store")
-    with small_tmpfs(tmp_path / "disk", 4 * 1024 * 1024) as disk:
+    with small_tmpfs(tmp_path / "disk", SQLITE_DISK_BYTES) as disk:
         settings = proxy_settings(
             fake_upstream.base_url,
             f"sqlite+aiosqlite:///{disk}/tally.db",
