@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any, Final
 
@@ -61,6 +61,11 @@ class Cube:
 
 
 _BOTH = ("hour", "day")
+_WEEKLY = ("hour", "day", "week")
+
+DERIVED_GRAINS: Final = ("week",)
+"""Grains whose cells are the sums of a cube's daily cells: the writer adds to them as to the
+others, and a rebuild sums them again from the rebuilt days (``proxy.store.weeks``)."""
 
 CUBES: Final = (
     Cube("total", (), _BOTH),
@@ -70,10 +75,10 @@ CUBES: Final = (
     Cube("key", ("key_id",)),
     Cube("upstream_model", ("upstream", "model"), _BOTH),
     Cube("property", (PROPERTY,), _BOTH),
-    Cube("user", ("user_id",), _BOTH),
+    Cube("user", ("user_id",), _WEEKLY),
     Cube("session", ("session_id",), _BOTH),
     Cube("property_model", (PROPERTY, "model")),
-    Cube("property_user", (PROPERTY, "user_id"), _BOTH),
+    Cube("property_user", (PROPERTY, "user_id"), _WEEKLY),
     Cube("model_user", ("model", "user_id"), ("day",)),
     Cube("session_model", ("session_id", "model"), ("day",)),
 )
@@ -84,6 +89,9 @@ Cubes by user or session are kept per day as well: a thousand users make 720,000
 in 30 days, 30,000 daily ones, and a month's summary by user must not read the former. So are
 the total and the property cube (a day is a few dozen cells), which a summary by property
 subtracts from one another and so must read at the same grain.
+The two by user are kept per week too (Monday to Monday, UTC): a month by user for one
+property value reads 4 weeks and 2 days of cells, 6,000, where its days are 30,000 (on a
+2-core machine, 28 of the 50 ms such a summary took at 10 M records).
 Model by user is kept per day only: per hour, 1,000 users and 20 models make nearly a cell
 per record, which would cost the writer as much again as the records, for a view whose
 partial days the records of the edges answer well enough (see ``proxy.store.rollup_reads``).
@@ -109,9 +117,13 @@ def smallest_cube(needed: Iterable[str], grain: str | None = None) -> Cube | Non
 
 
 def bucket_start(moment: datetime, grain: str) -> datetime:
-    """The start of the UTC hour or day holding ``moment`` (an aware datetime)."""
+    """The start of the UTC hour, day or week (from Monday, as Postgres's ``date_trunc``)
+    holding ``moment`` (an aware UTC datetime)."""
     hour = moment.replace(minute=0, second=0, microsecond=0)
-    return hour.replace(hour=0) if grain == "day" else hour
+    if grain == "hour":
+        return hour
+    day = hour.replace(hour=0)
+    return day - timedelta(days=day.weekday()) if grain == "week" else day
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -208,10 +220,11 @@ def rollup_finest(finest: Mapping[tuple[Any, ...], list[Any]]) -> list[dict[str,
     with localcontext(EXACT):
         for (hour, *plain, properties), measures in finest.items():
             day = hour.replace(hour=0)
+            buckets = {"hour": hour, "day": day, "week": day - timedelta(days=day.weekday())}
             for cube, grains, positions in _LAYOUT:
                 values = tuple(plain[i] for i in positions)
                 for grain in grains:
-                    bucket = day if grain == "day" else hour
+                    bucket = buckets[grain]
                     if cube.has_property:
                         for name, value in properties:
                             add_measures(

@@ -187,7 +187,7 @@ class UsageQueries:
         plan = plan_summary(group_by, filters) if self._use_rollups else None
         if plan is not None and await self._rollups_ready():
             dialect = self._engine.dialect.name
-            return await self._fetch(summary_query(plan, filters, dialect, limit))
+            return await self._fetch(summary_query(plan, filters, dialect, limit), serial=True)
         inner = (
             select(
                 key.label("key"),
@@ -271,8 +271,12 @@ class UsageQueries:
             breakdown = {k: row[k] for k in ("requests", "total_tokens", "cost_usd")}
             by_id[row["session_id"]]["models"][row["model"] or UNKNOWN_MODEL] = breakdown
 
-    async def _fetch(self, query: Select[Any]) -> list[dict[str, Any]]:
+    async def _fetch(self, query: Select[Any], *, serial: bool = False) -> list[dict[str, Any]]:
         async with self._engine.connect() as connection:
+            if serial and connection.dialect.name == "postgresql":
+                # A few thousand cells: starting parallel workers costs more than it saves
+                # (a month by user read 7,800 cells in 9.6 ms alone, in 22 ms with two).
+                await connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
             result = await connection.execute(query)
             # zip over plain rows: a thousand RowMappings copied by dict() cost ~5 ms more.
             names = tuple(result.keys())

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.store.compaction import compact_day, note_compacted, vacuum_rollups
 from proxy.store.cubes import (
     CUBES,
+    DERIVED_GRAINS,
     MEASURES,
     PLAIN_DIMENSIONS,
     add_measures,
@@ -41,6 +42,7 @@ from proxy.store.rebuild_postgres import rebuild_day_postgres
 from proxy.store.rollups import mark_complete, rollups_complete, writers_shut_out
 from proxy.store.tables import TOKEN_FIELDS, requests, rollups
 from proxy.store.types import EXACT
+from proxy.store.weeks import sum_week, week_of
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -125,34 +127,41 @@ async def _record_span(engine: AsyncEngine) -> tuple[datetime | None, datetime |
 async def _rebuild_day(engine: AsyncEngine, day: datetime) -> tuple[int, int]:
     """Replace one day's cells (both grains) by sums of its raw rows; returns how many
     records were summed and how many cells written."""
-    records = cells_written = 0
     async with writers_shut_out(engine) as connection:
         await _delete_day(connection, day)
         if connection.dialect.name == "postgresql":
-            summed = await rebuild_day_postgres(connection, day)
+            records, cells_written = await rebuild_day_postgres(connection, day)
             await compact_day(connection, day)  # the COPY wrote the daily cells unsorted
             await note_compacted(connection, day, datetime.now(UTC))
-            return summed
-        day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
-        async for finest in _finest_by_hour(connection, day):
-            records += sum(measures[0] for measures in finest.values())
-            cells = rollup_finest(finest)
-            hourly = [cell for cell in cells if cell["grain"] == "hour"]
-            await _insert_cells(connection, hourly)
-            cells_written += len(hourly)
-            _merge(day_cells, (cell for cell in cells if cell["grain"] == "day"))
-        daily = sorted(day_cells.values(), key=_cell_key)
-        await _insert_cells(connection, daily)
-        cells_written += len(daily)
+        else:
+            records, cells_written = await _rebuild_day_here(connection, day)
+        # The day's part of its week changed with it: the week is summed from its days again.
+        cells_written += await sum_week(connection, week_of(day))
     return records, cells_written
+
+
+async def _rebuild_day_here(connection: AsyncConnection, day: datetime) -> tuple[int, int]:
+    records = cells_written = 0
+    day_cells: dict[tuple[Any, ...], dict[str, Any]] = {}
+    async for finest in _finest_by_hour(connection, day):
+        records += sum(measures[0] for measures in finest.values())
+        cells = rollup_finest(finest)
+        hourly = [cell for cell in cells if cell["grain"] == "hour"]
+        await _insert_cells(connection, hourly)
+        cells_written += len(hourly)
+        _merge(day_cells, (cell for cell in cells if cell["grain"] == "day"))
+    daily = sorted(day_cells.values(), key=_cell_key)
+    await _insert_cells(connection, daily)
+    return records, cells_written + len(daily)
 
 
 async def _delete_day(connection: AsyncConnection, day: datetime) -> None:
     """Delete the day's cells of both grains, cube by cube: the primary key starts with cube
-    and grain, so each is an index range rather than a scan of every day's cells."""
+    and grain, so each is an index range rather than a scan of every day's cells. Weekly
+    cells hold other days too: they are summed again afterwards, not deleted here."""
     c = rollups.c
     for cube in CUBES:
-        for grain in cube.grains:
+        for grain in (g for g in cube.grains if g not in DERIVED_GRAINS):
             await connection.execute(
                 delete(rollups).where(
                     c.cube == cube.name,

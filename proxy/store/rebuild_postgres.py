@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from proxy.store.cubes import CUBES, MEASURES, PLAIN_DIMENSIONS, Cube, cell_id
+from proxy.store.cubes import CUBES, DERIVED_GRAINS, MEASURES, PLAIN_DIMENSIONS, Cube, cell_id
 from proxy.store.rollups import write_cells
 from proxy.store.tables import TOKEN_FIELDS, rollups
 from proxy.store.types import EXACT
@@ -80,7 +80,7 @@ def _sets(with_property: bool) -> list[tuple[Cube, str, tuple[str, ...]]]:
         if cube.has_property != with_property:
             continue
         plain = tuple(name for name in cube.dimensions if name in PLAIN_DIMENSIONS)
-        for grain in cube.grains:
+        for grain in (g for g in cube.grains if g not in DERIVED_GRAINS):  # summed from days
             found.append((cube, grain, ("hour", *plain) if grain == "hour" else plain))
     return found
 

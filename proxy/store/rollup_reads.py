@@ -1,10 +1,10 @@
 """Usage summaries answered from rollups: which cube and grains can answer, and the SQL.
 
-A summary over ``[since, until)`` splits into whole days (read from daily cells when the cube
-keeps them), whole hours (hourly cells) and the partial hours at the edges (raw rows, or an
-hour's cells minus the raw rows outside the range, so the answer is exact to the
-microsecond). All pieces go into one statement, so they are read
-from one snapshot, and are summed by group in SQL, ordered and cut exactly as the raw-row
+A summary over ``[since, until)`` splits into whole weeks and days (read from weekly and
+daily cells when the cube keeps them), whole hours (hourly cells) and the partial hours at
+the edges (raw rows, or an hour's cells minus the raw rows outside the range, so the answer
+is exact to the microsecond). All pieces go into one statement, so they are read from one
+snapshot, and are summed by group in SQL, ordered and cut exactly as the raw-row
 summary is: the answers are the same, only cheaper.
 
 A summary that no cube can answer (a session filter with another dimension, two different
@@ -34,7 +34,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from proxy.store.cubes import PROPERTY, Cube, smallest_cube
+from proxy.store.cubes import PROPERTY, Cube, bucket_start, smallest_cube
 from proxy.store.filters import (
     UsageFilters,
     failed,
@@ -66,14 +66,15 @@ _FILTER_DIMENSIONS: Final = (
 )
 _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
+_WEEK = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A piece of a time range and what answers it: raw rows, hourly or daily cells; raw
-    rows with ``sign=-1`` are taken out (of the hour cell that covers them)."""
+    """A piece of a time range and what answers it: raw rows, hourly, daily or weekly
+    cells; raw rows with ``sign=-1`` are taken out (of the hour cell that covers them)."""
 
-    source: Literal["raw", "hour", "day"]
+    source: Literal["raw", "hour", "day", "week"]
     start: datetime | None
     end: datetime | None
     sign: int = 1
@@ -106,9 +107,10 @@ def plan_summary(group_by: str, filters: UsageFilters) -> SummaryPlan | None:
             return None
     hours = "hour" in cube.grains
     days = "day" in cube.grains and group_by != "hour"
+    weeks = days and "week" in cube.grains and group_by != "day"
     if not (hours or days):
         return None  # hourly groups from a cube kept per day only
-    spans = split_range(filters.since, filters.until, days=days, hours=hours)
+    spans = split_range(filters.since, filters.until, days=days, hours=hours, weeks=weeks)
     return SummaryPlan(group_by, cube, tuple(spans), base)
 
 
@@ -131,11 +133,17 @@ def _needed(group_by: str, filters: UsageFilters) -> tuple[set[str], set[str]]:
 
 
 def split_range(
-    since: datetime | None, until: datetime | None, *, days: bool, hours: bool = True
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    days: bool,
+    hours: bool = True,
+    weeks: bool = False,
 ) -> list[Span]:
     """``[since, until)`` as raw partial hours (or, without ``hours``, partial days) at the
-    edges, whole hours and, with ``days``, whole days; an open end stays open (the newest
-    cells are as complete as the rows).
+    edges, whole hours and, with ``days``, whole days (and, with ``weeks``, whole weeks from
+    Monday within them); an open end stays open (the newest cells are as complete as the
+    rows).
 
     A partial hour's records are read whichever way is fewer: the records inside the range,
     or its whole hour's cells minus the records of the hour outside the range (since 14:10:
@@ -172,7 +180,24 @@ def split_range(
         spans.append(Span("hour", first_hour, first_day))
     if last_hour is not None and last_day is not None and last_day < last_hour:
         spans.append(Span("hour", last_day, last_hour))
-    return [*spans, Span("day", first_day, last_day)]
+    if not weeks:
+        return [*spans, Span("day", first_day, last_day)]
+    return [*spans, *_whole_weeks(first_day, last_day)]
+
+
+def _whole_weeks(first_day: datetime | None, last_day: datetime | None) -> list[Span]:
+    """Whole days ``[first_day, last_day)`` as the whole weeks within and the days left at
+    either edge."""
+    first_week = None if first_day is None else _ceil_week(first_day)
+    last_week = None if last_day is None else _floor_week(last_day)
+    if first_week is not None and last_week is not None and first_week >= last_week:
+        return [Span("day", first_day, last_day)]
+    spans: list[Span] = []
+    if first_day is not None and first_week is not None and first_day < first_week:
+        spans.append(Span("day", first_day, first_week))
+    if last_day is not None and last_week is not None and last_week < last_day:
+        spans.append(Span("day", last_week, last_day))
+    return [*spans, Span("week", first_week, last_week)]
 
 
 def _whole_days_and_raw_edges(since: datetime | None, until: datetime | None) -> list[Span]:
@@ -369,3 +394,12 @@ def _ceil_hour(moment: datetime) -> datetime:
 def _ceil_day(moment: datetime) -> datetime:
     start = _floor_day(moment)
     return start if start == moment else start + _DAY
+
+
+def _floor_week(moment: datetime) -> datetime:
+    return bucket_start(moment.astimezone(UTC), "week")
+
+
+def _ceil_week(moment: datetime) -> datetime:
+    start = _floor_week(moment)
+    return start if start == moment else start + _WEEK

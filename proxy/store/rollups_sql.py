@@ -116,7 +116,7 @@ def _branch(cube: Cube, grain: str) -> str:
     """One cube at one grain: the finest cells grouped by its bucket and dimensions."""
     keys = [*(["property_name", "property_value"] if cube.has_property else []),
             *(d for d in cube.dimensions if d != PROPERTY)]  # fmt: skip
-    bucket = "hour" if grain == "hour" else "date_trunc('day', hour, 'UTC')"
+    bucket = "hour" if grain == "hour" else f"date_trunc('{grain}', hour, 'UTC')"
     # The MD5 of cubes.cell_id: each value length-prefixed in bytes, "n" for null.
     parts = [f"CASE WHEN {k} IS NULL THEN 'n' ELSE 'v' || octet_length({k}) || ':' || {k} END"
              for k in keys]  # fmt: skip

@@ -198,3 +198,28 @@ async def test_a_record_written_after_a_rebuild_adds_to_the_rebuilt_cells(
     async with engine.connect() as connection:
         assert await connection.scalar(count) == cells
     await assert_rollups_match_raw_rows(engine)
+
+
+async def test_a_rebuild_from_midweek_sums_the_weeks_again_from_their_days(
+    engine: AsyncEngine,
+) -> None:
+    """Weekly cells hold days before ``since`` too: the week is summed from all its days,
+    those rebuilt (with rows imported by SQL) and those left as they were."""
+    await write_records(engine, _varied(500, random.Random(4), days=20))
+    imported_at = T0 - 9 * DAY  # a Wednesday; its week began on the Monday before
+    async with engine.begin() as connection:
+        for n in range(5):
+            await connection.execute(
+                text(
+                    "INSERT INTO requests (id, created_at, user_id, properties, total_tokens)"
+                    f" VALUES ('imported-{n}', '{imported_at.strftime('%Y-%m-%d %H:%M:%S')}',"
+                    f" 'u{n % 2}', :properties, 7)"
+                ),
+                {"properties": '{"env":"x"}'},
+            )
+    report = await rebuild_rollups(engine, since=imported_at)
+    assert report.days == 10
+    await assert_rollups_match_raw_rows(engine)
+    weekly = [c for c in (await stored_cells(engine)).values() if c["grain"] == "week"]
+    assert {c["cube"] for c in weekly} == {"user", "property_user"}
+    assert len({c["bucket_start"] for c in weekly}) == 4  # 20 days touch four weeks

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.records import RequestRecord
@@ -102,6 +102,47 @@ def test_a_range_splits_into_raw_edges_whole_hours_and_whole_days(
 
 
 @pytest.mark.parametrize(
+    ("since", "until", "spans"),
+    [
+        (None, None, [Span("week", None, None)]),
+        # D0 is a Saturday: weeks start at(48), at(216), at(384).
+        (
+            at(1.5),
+            at(414.5),
+            [
+                Span("raw", at(1.5), at(2)),
+                Span("raw", at(414), at(414.5)),
+                Span("hour", at(2), at(24)),
+                Span("hour", at(408), at(414)),
+                Span("day", at(24), at(48)),
+                Span("day", at(384), at(408)),
+                Span("week", at(48), at(384)),
+            ],
+        ),
+        (at(48), at(216), [Span("week", at(48), at(216))]),
+        (at(24), at(200), [Span("hour", at(192), at(200)), Span("day", at(24), at(192))]),
+        (at(72), None, [Span("day", at(72), at(216)), Span("week", at(216), None)]),
+        (None, at(240), [Span("day", at(216), at(240)), Span("week", None, at(216))]),
+    ],
+)
+def test_whole_weeks_within_the_whole_days_read_weekly_cells(
+    since: datetime | None, until: datetime | None, spans: list[Span]
+) -> None:
+    assert split_range(since, until, days=True, weeks=True) == spans
+
+
+def test_a_month_by_user_reads_weeks_and_by_day_never_does() -> None:
+    filters = UsageFilters(property_name="env", property_value="prod", since=at(0), until=at(720))
+    by_user = plan_summary("user", filters)
+    assert by_user is not None and by_user.cube.name == "property_user"
+    assert [s.source for s in by_user.spans].count("week") == 1
+    by_day = plan_summary("day", dataclasses.replace(filters, user_id="ann"))
+    assert by_day is not None and {s.source for s in by_day.spans} == {"day"}
+    by_model = plan_summary("model", filters)  # property_model: hourly cells only
+    assert by_model is not None and "week" not in {s.source for s in by_model.spans}
+
+
+@pytest.mark.parametrize(
     ("group_by", "filters", "cube", "base"),
     [
         ("day", UsageFilters(), "total", None),
@@ -155,8 +196,9 @@ def test_hourly_groups_never_read_daily_cells() -> None:
     assert plan is not None and {s.source for s in plan.spans} == {"hour"}
 
 
-# Moments around hour and day edges, to the microsecond.
-_MOMENTS = st.sampled_from([0, 0.5, 1, 1.2, 23.99, 24, 24.000001, 25.5, 47, 47.9, 48, 70.75])
+# Moments around hour and day edges, to the microsecond, and a Monday's (at(48), at(216)).
+_MOMENTS = st.sampled_from([0, 0.5, 1, 1.2, 23.99, 24, 24.000001, 25.5, 47, 47.9, 48, 70.75,
+                            215.5, 216, 216.25, 230])  # fmt: skip
 _MOMENTS = _MOMENTS.map(at)
 _OFFSET = st.sampled_from([timedelta(0), timedelta(microseconds=1), timedelta(minutes=17)])
 
@@ -250,6 +292,41 @@ async def test_rollups_answer_every_summary_as_raw_rows_do(
         )
 
 
+# The questions the weekly cells answer: by user, or for one user, with no other dimension.
+_BY_USER_FILTERS = st.builds(
+    UsageFilters,
+    user_id=st.sampled_from([None, None, "ann"]),
+    since=_EDGES,
+    until=_EDGES,
+    property_name=st.sampled_from([None, "env"]),
+    property_value=st.just("prod"),
+).map(lambda f: f if f.property_name else dataclasses.replace(f, property_value=None))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    records=records_strategy,
+    questions=st.lists(
+        st.tuples(st.sampled_from(["user", "property:env", "property:team"]), _BY_USER_FILTERS),
+        min_size=6,
+        max_size=6,
+    ),
+)
+async def test_weekly_cells_answer_as_raw_rows_do(
+    engine: AsyncEngine, records: list[RequestRecord], questions: list[Any]
+) -> None:
+    await _empty(engine)
+    await _write_in_batches(engine, records)
+    from_rollups, from_raw = UsageQueries(engine), UsageQueries(engine, use_rollups=False)
+    for group_by, filters in questions:
+        expected = await from_raw.summary(group_by, filters)
+        assert await from_rollups.summary(group_by, filters) == expected, (group_by, filters)
+
+
 async def test_summaries_do_read_the_rollups(engine: AsyncEngine) -> None:
     """The comparison above would pass if both paths read raw rows: this one would not."""
     await write_records(engine, [make_record(minutes=n, cost_usd=Decimal("0.5")) for n in range(3)])
@@ -275,3 +352,18 @@ async def test_until_rollups_are_complete_summaries_read_raw_rows(engine: AsyncE
         await connection.execute(update(rollup_state).values(complete=False))
     (row,) = await UsageQueries(engine).summary("model")
     assert row["requests"] == 1
+
+
+async def test_a_summary_from_rollups_runs_serially_and_leaves_the_connection_as_it_was(
+    postgres_engine: AsyncEngine,
+) -> None:
+    """Parallel workers cost more than a few thousand cells take to sum; the setting is the
+    read's own (``SET LOCAL``), not the pooled connection's."""
+    await write_records(postgres_engine, [make_record(minutes=n) for n in range(3)])
+    async with postgres_engine.connect() as connection:
+        default = await connection.scalar(text("SHOW max_parallel_workers_per_gather"))
+    queries = UsageQueries(postgres_engine)
+    (row,) = await queries.summary("user")
+    assert row["requests"] == 3
+    async with postgres_engine.connect() as connection:
+        assert await connection.scalar(text("SHOW max_parallel_workers_per_gather")) == default
