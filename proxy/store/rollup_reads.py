@@ -14,7 +14,7 @@ properties) gets ``None`` from ``plan_summary`` and is answered from raw rows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -188,29 +188,33 @@ def split_range(
 def _whole_weeks(first_day: datetime | None, last_day: datetime | None) -> list[Span]:
     """Whole days ``[first_day, last_day)`` as the whole weeks within and the days left at
     either edge."""
-    first_week = None if first_day is None else _ceil_week(first_day)
-    last_week = None if last_day is None else _floor_week(last_day)
-    if first_week is not None and last_week is not None and first_week >= last_week:
-        return [Span("day", first_day, last_day)]
-    spans: list[Span] = []
-    if first_day is not None and first_week is not None and first_day < first_week:
-        spans.append(Span("day", first_day, first_week))
-    if last_day is not None and last_week is not None and last_week < last_day:
-        spans.append(Span("day", last_week, last_day))
-    return [*spans, Span("week", first_week, last_week)]
+    return _whole_units(first_day, last_day, "week", "day", _floor_week, _ceil_week)
 
 
 def _whole_days_and_raw_edges(since: datetime | None, until: datetime | None) -> list[Span]:
-    first_day = None if since is None else _ceil_day(since)
-    last_day = None if until is None else _floor_day(until)
-    if first_day is not None and last_day is not None and first_day >= last_day:
-        return [Span("raw", since, until)]
+    return _whole_units(since, until, "day", "raw", _floor_day, _ceil_day)
+
+
+def _whole_units(
+    start: datetime | None,
+    end: datetime | None,
+    whole: Literal["day", "week"],
+    edge: Literal["raw", "day"],
+    floor: Callable[[datetime], datetime],
+    ceil: Callable[[datetime], datetime],
+) -> list[Span]:
+    """``[start, end)`` as the ``whole`` units within (``floor``/``ceil`` find their
+    bounds) and ``edge`` spans for what is left at either end; an open end stays open."""
+    first = None if start is None else ceil(start)
+    last = None if end is None else floor(end)
+    if first is not None and last is not None and first >= last:
+        return [Span(edge, start, end)]
     spans: list[Span] = []
-    if since is not None and first_day is not None and since < first_day:
-        spans.append(Span("raw", since, first_day))
-    if until is not None and last_day is not None and last_day < until:
-        spans.append(Span("raw", last_day, until))
-    return [*spans, Span("day", first_day, last_day)]
+    if start is not None and first is not None and start < first:
+        spans.append(Span(edge, start, first))
+    if end is not None and last is not None and last < end:
+        spans.append(Span(edge, last, end))
+    return [*spans, Span(whole, first, last)]
 
 
 def summary_query(plan: SummaryPlan, filters: UsageFilters, dialect: str, limit: int) -> Any:
